@@ -1,0 +1,1 @@
+"""Two-phase EfficientNet fine-tuning: backbones, class-per-folder data, training, evaluation."""
