@@ -1,0 +1,95 @@
+"""Evaluates a trained model directory on a class-per-folder dataset.
+
+Top-1/top-5 accuracy, per-class accuracy and a confusion matrix (JSON + PNG), on the test
+split (or val when there is no test split). Splits carved from train/ are recreated
+exactly, from the seed and fraction in the run's config.json.
+
+Usage:
+    results = evaluate_model("runs/cars", "car_data")
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+
+from train import data as data_lib, report
+from train.config import load_config
+from train.trainer import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+
+RESULTS_FILE = "evaluation_{split}.json"
+CONFUSION_FILE = "confusion_matrix_{split}.png"
+
+
+def load_trained_model(model_dir: str | pathlib.Path) -> keras.Model:
+    """Loads model.keras from a training output directory."""
+    path = pathlib.Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} not found: is {model_dir} a finished training run?")
+    config, _ = load_config(pathlib.Path(model_dir) / CONFIG_FILE)
+    if config.backbone.startswith("efn-"):
+        import efficientnet.tfkeras  # noqa: F401  Registers the package's custom layers.
+    return keras.models.load_model(path, compile=False)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true, predicted] counts."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
+                   split: str | None = None, batch_size: int = 64) -> dict:
+    """Evaluates model_dir's model on data_dir; writes JSON and PNG results into model_dir.
+
+    Args:
+      model_dir: a training output directory (model.keras, labels.txt, config.json).
+      data_dir: class-per-folder dataset with the same classes.
+      split: "test", "val" or "train"; default test if present, else val.
+      batch_size: inference batch size.
+
+    Returns:
+      {"split", "examples", "top1", "top5", "per_class_accuracy": {name: acc},
+       "confusion_matrix": [[...]]}.
+
+    Raises:
+      ValueError: missing files, class mismatch or an empty split.
+    """
+    model_dir = pathlib.Path(model_dir)
+    config, resolved = load_config(model_dir / CONFIG_FILE)
+    class_names = data_lib.read_labels(model_dir / LABELS_FILE)
+    listing = data_lib.list_class_folders(
+        data_dir, data_lib.DataConfig(val_fraction=config.val_fraction, seed=config.seed))
+    if list(listing.class_names) != class_names:
+        raise ValueError(f"{data_dir} classes differ from the model's labels.txt")
+    split = split or ("test" if "test" in listing.splits else "val")
+    if split not in listing.splits or not len(listing.splits[split]):
+        raise ValueError(f"{data_dir} has no {split} split")
+    model = load_trained_model(model_dir)
+    ds = data_lib.make_dataset(
+        listing.splits[split], image_size=int(resolved["image_size"]), batch_size=batch_size,
+        config=data_lib.DataConfig(augment=None, cache="none"))
+    scores, labels = [], []
+    for images, y in ds:  # Labels come with the images: robust to dropped files.
+        scores.append(np.asarray(model(images, training=False)))
+        labels.append(y.numpy())
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    k = min(5, len(class_names))
+    top_k = np.argsort(-scores, axis=1)[:, :k]
+    matrix = confusion_matrix(labels, top_k[:, 0], len(class_names))
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    results = {
+        "split": split,
+        "examples": int(len(labels)),
+        "top1": float(np.mean(top_k[:, 0] == labels)),
+        "top5": float(np.mean((top_k == labels[:, None]).any(axis=1))),
+        "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
+        "confusion_matrix": matrix.tolist(),
+    }
+    (model_dir / RESULTS_FILE.format(split=split)).write_text(json.dumps(results, indent=1))
+    report.plot_confusion_matrix(matrix, class_names, model_dir / CONFUSION_FILE.format(split=split))
+    return results
