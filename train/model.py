@@ -50,6 +50,8 @@ class Classifier:
     head: Head
     input_size: int
     num_classes: int
+    # The backbone's own dropout (stochastic depth) rates, restored when it trains again.
+    backbone_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def feature_model(self) -> keras.Model:
         """Pixels -> pooled backbone features, for computing phase-1 features once."""
@@ -92,8 +94,10 @@ def build_classifier(backbone: Backbone, *, num_classes: int, dropout: float = 0
     pixels = keras.Input(shape=(size, size, 3), name="pixels")
     probabilities = head(head.pool(body(pixels)))
     model = keras.Model(pixels, probabilities, name=f"{backbone.name}_classifier")
+    dropout_rates = {layer.name: layer.rate for layer in flat_layers(body)
+                     if isinstance(layer, keras.layers.Dropout)}
     return Classifier(model=model, backbone=body, head=head, input_size=size,
-                      num_classes=num_classes)
+                      num_classes=num_classes, backbone_dropout=dropout_rates)
 
 
 def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -121,11 +125,24 @@ def _is_bn(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
+def _set_backbone_dropout(classifier: Classifier, *, enabled: bool) -> None:
+    # Dropout ignores `trainable`; the rate is read when the train step is traced, so this
+    # takes effect at the next compile.
+    for layer in flat_layers(classifier.backbone):
+        if layer.name in classifier.backbone_dropout:
+            layer.rate = classifier.backbone_dropout[layer.name] if enabled else 0.0
+
+
 def set_phase1_trainable(classifier: Classifier, *, bn_trainable: bool = False) -> None:
-    """Phase 1: the backbone is frozen (optionally except its BN layers), the head trains."""
+    """Phase 1: the backbone is frozen (optionally except its BN layers), the head trains.
+
+    The frozen backbone is a fixed feature extractor: its stochastic-depth dropout is off,
+    so training on pixels and on cached features computes the same thing.
+    """
     classifier.backbone.trainable = True  # Reset, then freeze layer by layer.
     for layer in flat_layers(classifier.backbone):
         layer.trainable = bn_trainable and _is_bn(layer)
+    _set_backbone_dropout(classifier, enabled=False)
     for layer in (classifier.head.pool, classifier.head.dropout, classifier.head.dense):
         layer.trainable = True
 
@@ -158,6 +175,7 @@ def set_phase2_trainable(classifier: Classifier, *, unfreeze: str | int = "all",
             )
         first_trainable = len(blocks) - n
     trainable_blocks = set(blocks[first_trainable:])
+    _set_backbone_dropout(classifier, enabled=True)
     classifier.backbone.trainable = True
     reached = first_trainable == 0
     for layer in flat_layers(classifier.backbone):

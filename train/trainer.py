@@ -128,9 +128,11 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 def _features(feature_model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    # Compiled once: eager calls per batch would be several times slower.
+    extract = tf.function(lambda images: feature_model(images, training=False))
     feats, labels = [], []
-    for images, y in ds:
-        feats.append(feature_model(images, training=False).numpy())
+    for images, y in ds:  # Labels travel with their images, so dropped files cannot misalign.
+        feats.append(extract(images).numpy())
         labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
@@ -215,7 +217,8 @@ def _data_config(config: TrainConfig) -> data_lib.DataConfig:
 def _fit(model, train_ds, val_ds, *, state, epochs, callbacks, out, phase):
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(out / LOG_DIR / f"phase{phase}"))
     model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epochs_done, epochs=epochs,
-              callbacks=[*callbacks, tensorboard], verbose=2)
+              callbacks=[*callbacks, tensorboard], verbose=2,
+              shuffle=False)  # Our pipelines shuffle; Keras cannot shuffle a tf.data input.
 
 
 def _run_phase1(config, classifier, data, state, out, has_val):
