@@ -1,28 +1,35 @@
 """Class-per-folder image datasets on tf.data: listing, validation, splits and pipelines.
 
-Layout (the Stanford Cars "by classes" tree works as is):
+Layout (the Stanford Cars "by classes" tree works as is; class names may hold spaces and
+any unicode):
 
-    DATA/train/<class>/*.jpg     required (or DATA/<class>/* with no train/ dir)
-    DATA/val/<class>/*           optional: else a seeded, stratified split of train
-    DATA/test/<class>/*          optional: else split off only if test_fraction > 0
+    DATA/train/<class>/*     required (or DATA/<class>/* with no train/ folder)
+    DATA/val/<class>/*       optional: else a seeded, stratified split of train
+    DATA/test/<class>/*      optional: else split off only if test_fraction > 0
 
-Class names are the sorted folder names of train. A file that is empty, not an image or
-visibly truncated is skipped with one warning and counted; decoding errors that slip past
-that check are dropped in the pipeline, so a bad file never stops an epoch.
+Class names are the sorted folder names of train. Images are found by extension (.jpg,
+.jpeg, .png, .gif, .bmp, any case) in each class folder and its subfolders; hidden files and
+folders are ignored. A file that is empty, not an image, truncated or in a pixel format
+TensorFlow cannot decode is skipped with one warning and counted; decoding errors that slip
+past those checks are dropped in the pipeline, so a bad file never stops an epoch.
 
 Usage:
     data = load_class_folders("car_data", image_size=224, batch_size=32)
     print(data.summary())
     model.fit(data.train, validation_data=data.val)
+    paths, labels = data.files("train").paths, data.files("train").labels
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pathlib
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -32,18 +39,24 @@ from train import preprocessing
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
 SPLITS = ("train", "val", "test")
+CACHE_MODES = ("auto", "memory", "none")
 _MEMORY_CACHE_LIMIT = 2 * 2**30  # "auto" caches decoded images in RAM below this size.
+_SHUFFLE_BUFFER_BYTES = 2**29  # Decoded images held for shuffling after an on-disk cache.
+_TAIL_BYTES = 1024  # End-of-file window searched for a format's end marker.
+_CHECK_THREADS = 16  # The checks wait on file I/O, so more threads than cores pay off.
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Random training-time augmentation; a magnitude of 0 disables that transform.
+    """Random training-time augmentation; a magnitude of 0 (or flip=False) disables it.
+
+    Every transform is drawn independently per image, and pixels stay float32 in 0..255.
 
     Attributes:
-      flip: random horizontal flips.
-      rotation: max rotation as a fraction of a full turn (0.05 = +-18 degrees).
-      zoom: max zoom in or out as a fraction of the size.
-      contrast: max contrast change as a fraction.
+      flip: random horizontal flips (half of the images).
+      rotation: max rotation as a fraction of a full turn (0.05 = +-18 degrees), <= 0.5.
+      zoom: max zoom in or out as a fraction of the size, < 1.
+      contrast: max contrast change as a fraction, <= 1.
     """
 
     flip: bool = True
@@ -52,28 +65,38 @@ class AugmentConfig:
     contrast: float = 0.1
 
     def validate(self) -> None:
-        for name in ("rotation", "zoom", "contrast"):
+        """Raises ValueError naming the first out-of-range magnitude."""
+        limits = {"rotation": (0.5, True), "zoom": (1.0, False), "contrast": (1.0, True)}
+        for name, (limit, inclusive) in limits.items():
             value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"augment.{name} must be in [0, 1), got {value}")
+            if not (0 <= value <= limit if inclusive else 0 <= value < limit):
+                bound = f"<= {limit}" if inclusive else f"< {limit}"
+                raise ValueError(f"augment.{name} must be >= 0 and {bound}, got {value!r}")
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.contrast > 0
+        """Whether any transform is on."""
+        return bool(self.flip) or self.rotation > 0 or self.zoom > 0 or self.contrast > 0
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """How files are split and fed.
+    """How files are checked, split and fed.
 
     Attributes:
-      val_fraction: share of each class moved from train to val when DATA/val is absent.
-      test_fraction: share split off for test when DATA/test is absent (0 = no test split).
-      seed: seeds splits, shuffling and augmentation.
+      val_fraction: share of each class moved from train to val when DATA/val is absent
+        (0 = no val split). 0.1 keeps 90% for training and still gives a usable val set
+        on Stanford Cars (~40 images per class -> 4 val images per class).
+      test_fraction: share of each class split off for test when DATA/test is absent
+        (0 = no test split).
+      seed: seeds the splits, shuffling and augmentation.
       augment: training augmentation, or None for none.
-      cache: "auto" (decoded images in memory when they fit in 2 GiB), "memory", "none",
-        or a file path prefix for tf.data's on-disk cache.
+      cache: "auto" (decoded images in memory when they fit in 2 GiB, else no cache),
+        "memory", "none", or a file path prefix for tf.data's on-disk cache (one file set
+        per split, named after the image size and file list so a stale cache is never read).
       shuffle: shuffle training examples every epoch.
+      full_check: decode every file with the training decoder while listing (thorough,
+        ~a few ms per photo) instead of the fast header/trailer checks.
     """
 
     val_fraction: float = 0.1
@@ -82,25 +105,38 @@ class DataConfig:
     augment: AugmentConfig | None = AugmentConfig()
     cache: str = "auto"
     shuffle: bool = True
+    full_check: bool = False
 
     def validate(self) -> None:
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
-            raise ValueError("val_fraction and test_fraction must be in [0, 1)")
+        """Raises ValueError on fractions out of range or an empty cache setting."""
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave training examples")
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave training images, got "
+                f"{self.val_fraction} + {self.test_fraction}")
+        if not self.cache:
+            raise ValueError(f"cache must be one of {CACHE_MODES} or a file path prefix, got ''")
         if self.augment is not None:
             self.augment.validate()
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """The files of one split and their class indices, in a fixed order."""
+    """The files of one split and their class indices, in a fixed (sorted) order."""
 
     paths: tuple[str, ...]
     labels: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        """Number of files of each class index."""
+        return np.bincount(np.asarray(self.labels, dtype=np.int64),
+                           minlength=num_classes).tolist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,105 +148,193 @@ class Listing:
     skipped: tuple[tuple[str, str], ...]  # (path, reason)
 
     def summary(self) -> str:
+        """One line: classes, images per split, skipped files by reason."""
         counts = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
-        return (f"{len(self.class_names)} classes; {counts} images; "
-                f"{len(self.skipped)} files skipped")
+        text = f"{len(self.class_names)} classes; {counts} images; {len(self.skipped)} skipped"
+        if self.skipped:
+            reasons = collections.Counter(_reason_kind(r) for _, r in self.skipped)
+            text += " (" + ", ".join(f"{n} {kind}" for kind, n in sorted(reasons.items())) + ")"
+        return text
+
+    def report(self, max_classes: int = 20) -> str:
+        """Several lines: the summary, images per class and split, and every skipped file."""
+        lines = [self.summary()]
+        names = list(self.splits)
+        counts = {name: split.class_counts(len(self.class_names))
+                  for name, split in self.splits.items()}
+        width = max(len(n) for n in self.class_names)
+        lines.append(f"  {'class':<{width}}  " + "  ".join(f"{n:>6}" for n in names))
+        for i, class_name in enumerate(self.class_names[:max_classes]):
+            row = "  ".join(f"{counts[n][i]:>6}" for n in names)
+            lines.append(f"  {class_name:<{width}}  {row}")
+        if len(self.class_names) > max_classes:
+            lines.append(f"  ... {len(self.class_names) - max_classes} more classes")
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
 
 
-def check_image_file(path: str) -> str | None:
-    """Why a file cannot be used as an image (cheap header/trailer checks), or None if fine."""
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0]
+
+
+def _read_head_tail(path: str) -> tuple[int, bytes, bytes]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    return size, head, tail
+
+
+def _decode_error(path: str) -> str | None:
+    """Why the training decoder rejects a file, or None; the exact but slower check."""
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file"
-        with open(path, "rb") as f:
-            head = f.read(32)
-            f.seek(max(0, size - 64))
-            tail = f.read()
+        preprocessing.decode_and_resize(tf.io.read_file(path), 1)
+    except tf.errors.InvalidArgumentError as e:
+        return f"not decodable ({e.message.splitlines()[0][:120]})"
+    return None
+
+
+def check_image_file(path: str, *, full: bool = False) -> str | None:
+    """Why a file cannot be used as an image, or None if it can.
+
+    The fast path reads only the first 64 and last 1024 bytes: the format signature, a
+    JPEG/PNG/GIF end marker (a missing one means truncation, the common corruption from
+    interrupted copies), and the BMP pixel format. A missing end marker can also be
+    trailing junk after a complete image, so those files alone are decoded to decide.
+
+    Args:
+      path: the file.
+      full: decode every file with the training decoder instead.
+
+    Returns:
+      None for a usable image, else a short reason such as "truncated JPEG (...)".
+    """
+    try:
+        size, head, tail = _read_head_tail(path)
     except OSError as e:
         return f"unreadable ({e.strerror})"
+    if size == 0:
+        return "empty file"
     if head.startswith(b"\xff\xd8\xff"):
-        # A complete JPEG ends with the end-of-image marker (possibly followed by padding).
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return None
-    if head.startswith(b"BM") and len(head) >= 6:
-        declared = struct.unpack("<I", head[2:6])[0]
-        return None if size >= declared else "truncated BMP"
-    return "not a JPEG, PNG, GIF or BMP image"
+        kind, complete = "JPEG", b"\xff\xd9" in tail
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        kind, complete = "PNG", b"IEND" in tail
+    elif head[:6] in (b"GIF87a", b"GIF89a"):
+        kind, complete = "GIF", tail.rstrip(b"\0").endswith(b";")  # The GIF trailer.
+    elif head.startswith(b"BM") and len(head) >= 54:
+        declared, bits, compression = (struct.unpack_from("<I", head, 2)[0],
+                                       struct.unpack_from("<H", head, 28)[0],
+                                       struct.unpack_from("<I", head, 30)[0])
+        # TensorFlow decodes uncompressed 8/24/32-bit BMPs (bitfields only at 32 bits).
+        if bits not in (8, 24, 32) or compression not in (0, 3) or (compression and bits != 32):
+            return f"unsupported BMP format ({bits}-bit, compression {compression})"
+        kind, complete = "BMP", size >= declared
+    else:
+        return "not an image (no JPEG, PNG, GIF or BMP signature)"
+    if full or not complete:
+        error = _decode_error(path)
+        if error is not None and not complete:
+            return f"truncated {kind} ({error})"
+        return error
+    return None
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def _class_dirs(root: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
 def _image_files(directory: pathlib.Path) -> list[str]:
-    return sorted(
-        str(p) for p in directory.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    found = []
+    for parent, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = [d for d in dirs if not _is_hidden(d)]  # Also prunes .ipynb_checkpoints etc.
+        found += [os.path.join(parent, f) for f in files
+                  if not _is_hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
 
 
 def _collect(root: pathlib.Path, class_names: list[str], what: str) -> list[tuple[str, int]]:
     found = _class_dirs(root)
     if found != class_names:
-        missing, extra = sorted(set(class_names) - set(found)), sorted(set(found) - set(class_names))
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
         raise ValueError(
-            f"{what} classes differ from train: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
+            f"{what} class folders in {root} differ from train's: missing {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected {extra[:10]}"
+            f"{' ...' if len(extra) > 10 else ''}")
     return [(path, label) for label, name in enumerate(class_names)
             for path in _image_files(root / name)]
 
 
-def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int):
-    """Moves round(fraction * n) of each class (at least 1 if the class has 2+) out of items."""
+def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int
+                      ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Moves round(fraction * n) files of each class out of items (kept, taken).
+
+    A class with 2+ files gives at least 1 and keeps at least 1, so tiny classes still
+    appear in both splits; a class with 1 file stays in items.
+    """
     rng = np.random.default_rng(seed)
-    keep, taken = [], []
-    by_class: dict[int, list[tuple[str, int]]] = {}
+    by_class: dict[int, list[tuple[str, int]]] = collections.defaultdict(list)
     for item in items:
-        by_class.setdefault(item[1], []).append(item)
+        by_class[item[1]].append(item)
+    keep, taken = [], []
     for label in sorted(by_class):
         members = by_class[label]
         order = rng.permutation(len(members))
         n = int(round(fraction * len(members)))
-        if fraction > 0 and len(members) >= 2:
+        if len(members) >= 2:
             n = min(max(n, 1), len(members) - 1)
+        else:
+            n = 0
         taken += [members[i] for i in sorted(order[:n])]
         keep += [members[i] for i in sorted(order[n:])]
     return keep, taken
 
 
-def list_class_folders(data_dir: str | os.PathLike, config: DataConfig = DataConfig()) -> Listing:
-    """Finds classes and files, validates them, and makes the splits (no TensorFlow work).
+def list_class_folders(data_dir: str | os.PathLike,
+                       config: DataConfig = DataConfig()) -> Listing:
+    """Finds classes and files, checks every file, and makes the splits.
+
+    Args:
+      data_dir: dataset root (see the module docstring for the layouts).
+      config: fractions, seed and check mode; the pipeline settings are not used here.
+
+    Returns:
+      The Listing: class names, files per split, and skipped files with reasons (each
+      also logged once as a warning).
 
     Raises:
-      ValueError: the directory is missing, has no class folders or no usable images, or
-        val/test class folders differ from train's.
+      ValueError: the directory is missing, has fewer than 2 class folders or no usable
+        training images, or val/test class folders differ from train's.
     """
     config.validate()
     root = pathlib.Path(data_dir)
     if not root.is_dir():
-        raise ValueError(f"data_dir {root} does not exist or is not a directory")
+        raise ValueError(f"data_dir {str(root)!r} does not exist or is not a directory")
     has_train = (root / "train").is_dir()
     if not has_train and any((root / s).is_dir() for s in ("val", "test")):
-        raise ValueError(f"{root} has val/ or test/ but no train/ folder")
+        raise ValueError(
+            f"{root} has val/ or test/ but no train/ folder; put the training classes in "
+            f"{root / 'train'}")
     train_root = root / "train" if has_train else root
     class_names = _class_dirs(train_root)
     if len(class_names) < 2:
         raise ValueError(
-            f"{train_root} must hold one folder per class (at least 2), found {class_names}"
-        )
+            f"{train_root} must hold one folder per class (at least 2), found {class_names}")
     items = {"train": _collect(train_root, class_names, "train")}
     for split in ("val", "test"):
         if has_train and (root / split).is_dir():
             items[split] = _collect(root / split, class_names, split)
 
-    # Validate before splitting so that skipped files do not unbalance the split.
+    # Checked before splitting so that skipped files do not unbalance the split.
     all_paths = [p for split_items in items.values() for p, _ in split_items]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        reasons = dict(zip(all_paths, pool.map(check_image_file, all_paths)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_CHECK_THREADS) as pool:
+        reasons = dict(zip(all_paths, pool.map(
+            lambda p: check_image_file(p, full=config.full_check), all_paths), strict=True))
     skipped = tuple((p, r) for p, r in reasons.items() if r is not None)
     for path, reason in skipped:
         logging.warning("Skipping %s: %s", path, reason)
@@ -220,10 +344,16 @@ def list_class_folders(data_dir: str | os.PathLike, config: DataConfig = DataCon
         items["train"], items["test"] = _stratified_split(
             items["train"], config.test_fraction, config.seed + 1)
     if "val" not in items and config.val_fraction > 0:
-        fraction = config.val_fraction / (1 - (config.test_fraction if "test" in items else 0))
-        items["train"], items["val"] = _stratified_split(items["train"], fraction, config.seed)
+        # The fraction is of the original train set, not of what the test split left.
+        taken = config.test_fraction if config.test_fraction > 0 and "test" in items else 0
+        items["train"], items["val"] = _stratified_split(
+            items["train"], config.val_fraction / (1 - taken), config.seed)
     if not items["train"]:
         raise ValueError(f"no usable training images under {train_root}")
+    empty = [class_names[c] for c, n in enumerate(np.bincount(
+        [y for _, y in items["train"]], minlength=len(class_names))) if n == 0]
+    if empty:
+        logging.warning("%d classes have no training images: %s", len(empty), empty[:10])
     splits = {
         name: Split(tuple(p for p, _ in items[name]), tuple(y for _, y in items[name]))
         for name in SPLITS if name in items
@@ -238,46 +368,82 @@ def _augmenter(config: AugmentConfig, seed: int):
     if config.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if config.rotation > 0:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect",
+                                                  seed=seed + 1))
     if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 2))
     if config.contrast > 0:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed))
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255),
+                                                  seed=seed + 3))
     pipeline = keras.Sequential(layers, name="augment")
 
     def augment(images, labels):
+        # Interpolation can step slightly outside the input range.
         return tf.clip_by_value(pipeline(images, training=True), 0.0, 255.0), labels
 
     return augment
 
 
+def _cache_path(prefix: str, split: Split, image_size: int) -> str:
+    # tf.data reads an existing cache without checking what it holds, so the name carries
+    # everything the cached pixels depend on.
+    digest = hashlib.sha256(repr((image_size, split.paths, split.labels)).encode(
+        "utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{prefix}-{image_size}px-{digest}"
+
+
 def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bool = False,
                  config: DataConfig = DataConfig()) -> tf.data.Dataset:
-    """A batched (pixels, label) pipeline over one split's files.
+    """A batched (float32 pixels [B, S, S, 3] in 0..255, int32 labels [B]) pipeline.
 
-    training=True shuffles each epoch (if config.shuffle) and applies config.augment after
-    the cache, so cached pixels are decoded once and augmented afresh every epoch.
+    files -> shuffle -> parallel decode_and_resize -> drop decode errors -> cache ->
+    shuffle again if cached -> batch -> augment -> prefetch. Shuffling and augmentation
+    happen only with training=True; augmentation runs after the cache, so decoded pixels
+    are cached once and augmented afresh every epoch, and on whole batches (each image
+    still gets its own random transform) because that is much faster than per image.
+
+    Args:
+      split: the files and labels.
+      image_size: output height and width.
+      batch_size: examples per batch (the last batch may be smaller).
+      training: shuffle each epoch (if config.shuffle) and augment (if config.augment).
+      config: cache, shuffle, augment and seed settings.
+
+    Raises:
+      ValueError: the split is empty or a size is not positive.
     """
     if not len(split):
         raise ValueError("cannot make a dataset from an empty split")
+    if image_size < 1 or batch_size < 1:
+        raise ValueError(f"image_size and batch_size must be positive, got {image_size}, "
+                         f"{batch_size}")
+    shuffle = training and config.shuffle
+    # Bytes, not str: file names need not be valid UTF-8.
     files = tf.data.Dataset.from_tensor_slices(
-        (list(split.paths), np.asarray(split.labels, dtype=np.int32)))
-    if training and config.shuffle:
+        ([os.fsencode(p) for p in split.paths], np.asarray(split.labels, dtype=np.int32)))
+    if shuffle:  # Paths are tiny, so a full buffer costs nothing.
         files = files.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
 
     def load(path, label):
         return preprocessing.decode_and_resize(tf.io.read_file(path), image_size), label
 
-    ds = files.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    # Last line of defence: a file that passed the cheap checks but fails to decode.
+    ds = files.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Last line of defence: a file that passed the checks but fails to decode.
     ds = ds.ignore_errors(log_warning=True)
-    cache = config.cache
+    cache, image_bytes = config.cache, image_size * image_size * 3 * 4
     if cache == "auto":
-        cache = "memory" if len(split) * image_size**2 * 12 < _MEMORY_CACHE_LIMIT else "none"
+        cache = "memory" if len(split) * image_bytes < _MEMORY_CACHE_LIMIT else "none"
     if cache == "memory":
         ds = ds.cache()
+        if shuffle:
+            # A cache replays its first pass in order, so shuffle after it. The buffer holds
+            # references to the cached tensors, not copies.
+            ds = ds.shuffle(len(split), seed=config.seed + 1, reshuffle_each_iteration=True)
     elif cache != "none":
-        ds = ds.cache(cache)
+        ds = ds.cache(_cache_path(cache, split, image_size))
+        if shuffle:
+            buffer = max(1, min(len(split), _SHUFFLE_BUFFER_BYTES // image_bytes))
+            ds = ds.shuffle(buffer, seed=config.seed + 1, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if training and config.augment is not None and config.augment.enabled:
         ds = ds.map(_augmenter(config.augment, config.seed), num_parallel_calls=tf.data.AUTOTUNE)
@@ -286,12 +452,25 @@ def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bo
 
 @dataclasses.dataclass(frozen=True)
 class ClassFolderData:
-    """A listed dataset plus its pipelines, built on first use."""
+    """A listed dataset plus its pipelines, built on each access (cheap: no I/O until used).
+
+    Attributes:
+      listing: classes, files per split and skipped files.
+      image_size: model input height and width.
+      batch_size: examples per batch.
+      config: the data settings.
+    """
 
     listing: Listing
     image_size: int
     batch_size: int
-    config: DataConfig
+    config: DataConfig = DataConfig()
+
+    def __post_init__(self):
+        if self.image_size < 1 or self.batch_size < 1:
+            raise ValueError(f"image_size and batch_size must be positive, got "
+                             f"{self.image_size}, {self.batch_size}")
+        self.config.validate()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -299,22 +478,43 @@ class ClassFolderData:
 
     @property
     def skipped(self) -> tuple[tuple[str, str], ...]:
+        """(path, reason) of every file left out."""
         return self.listing.skipped
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images per split, 0 for an absent split."""
+        return {split: self.count(split) for split in SPLITS}
+
     def count(self, split: str) -> int:
+        """Images in one split (0 if absent)."""
+        _check_split(split)
         return len(self.listing.splits[split]) if split in self.listing.splits else 0
 
+    def files(self, split: str) -> Split | None:
+        """The file-level listing of one split (paths and labels), or None if absent."""
+        _check_split(split)
+        return self.listing.splits.get(split)
+
     def dataset(self, split: str, *, training: bool = False) -> tf.data.Dataset | None:
-        if split not in self.listing.splits or not len(self.listing.splits[split]):
+        """The pipeline of one split, or None if it is absent or empty."""
+        _check_split(split)
+        if not self.count(split):
             return None
         config = self.config
-        if config.cache not in ("auto", "memory", "none"):  # One cache file per split.
+        if config.cache not in CACHE_MODES:  # One cache file set per split.
             config = dataclasses.replace(config, cache=f"{config.cache}.{split}")
         return make_dataset(self.listing.splits[split], image_size=self.image_size,
                             batch_size=self.batch_size, training=training, config=config)
 
     @property
     def train(self) -> tf.data.Dataset:
+        """Shuffled and augmented training batches.
+
+        Each access builds a new pipeline whose randomness restarts from the seed; iterate
+        one pipeline for several epochs (as keras Model.fit does) to get fresh shuffles and
+        augmentations every epoch.
+        """
         return self.dataset("train", training=True)
 
     @property
@@ -329,23 +529,56 @@ class ClassFolderData:
         return self.listing.summary()
 
 
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
 def load_class_folders(data_dir: str | os.PathLike, *, image_size: int, batch_size: int,
                        config: DataConfig = DataConfig()) -> ClassFolderData:
-    """Lists, validates and splits a class-per-folder dataset; see the module docstring."""
+    """Lists, checks and splits a class-per-folder dataset and wraps it in pipelines.
+
+    Args:
+      data_dir: dataset root (see the module docstring for the layouts).
+      image_size: model input height and width.
+      batch_size: examples per batch.
+      config: split, cache, shuffle and augmentation settings.
+
+    Returns:
+      ClassFolderData with .train/.val/.test datasets (None when a split is absent),
+      .class_names, .counts, .files(split), .skipped and .summary().
+
+    Raises:
+      ValueError: bad arguments or layout (see list_class_folders).
+    """
     if image_size < 1 or batch_size < 1:
-        raise ValueError("image_size and batch_size must be positive")
+        raise ValueError(f"image_size and batch_size must be positive, got {image_size}, "
+                         f"{batch_size}")
     return ClassFolderData(list_class_folders(data_dir, config), image_size, batch_size, config)
 
 
-def write_labels(class_names, path: str | os.PathLike) -> None:
-    """Writes one class name per line, in class-index order."""
+def write_labels(class_names: Iterable[str], path: str | os.PathLike) -> None:
+    """Writes one class name per line (UTF-8, "\\n" line ends), in class-index order.
+
+    Raises:
+      ValueError: a name is empty, holds a line break or repeats, any of which would not
+        read back as the same list.
+    """
     names = list(class_names)
     for name in names:
-        if "\n" in name or not name:
+        if not name or len(name.splitlines()) != 1 or name.splitlines()[0] != name:
             raise ValueError(f"class name {name!r} cannot be written to a labels file")
-    pathlib.Path(path).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    repeated = sorted(n for n, k in collections.Counter(names).items() if k > 1)
+    if repeated:
+        raise ValueError(f"class names repeat: {repeated}")
+    pathlib.Path(path).write_bytes("".join(f"{n}\n" for n in names).encode("utf-8"))
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Reads a labels file written by `write_labels`."""
-    return [line for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line]
+    """Reads a labels file written by `write_labels`; index i is the name of class i.
+
+    Names are kept exactly (folder names may end in spaces); empty lines and a "\\r" from
+    Windows line ends are dropped.
+    """
+    text = pathlib.Path(path).read_bytes().decode("utf-8")
+    return [line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r")]

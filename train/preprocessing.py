@@ -49,7 +49,8 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
       ValueError: image_size is not a positive int (raised while building the graph).
       tf.errors.InvalidArgumentError: the bytes are not a decodable image (at run time).
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+    if (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+            or image_size < 1):
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     image_size = int(image_size)  # numpy ints too, but a plain int in the graph.
     image_bytes = tf.convert_to_tensor(image_bytes, dtype=tf.string)
