@@ -1,4 +1,4 @@
-"""EfficientNet-Lite: architecture, offline weight conversion, cache and the restricted unpickler."""
+"""EfficientNet-Lite: architecture, offline weight conversion, its cache, restricted unpickling."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import backbones, batch_size, checkpoint, data, distribute, model as model_lib
-from train import trainer
+from train import backbones, batch_size, checkpoint, data, distribute, trainer
+from train import model as model_lib
 from train.config import PhaseConfig, TrainConfig
 
 SIZE = 32
@@ -147,7 +147,8 @@ def test_checkpoint_restores_weights_and_optimizer_state(tmp_path, colour_data):
     refitted.optimizer.build(refitted.trainable_variables)
     restored = checkpoint.load(tmp_path / "ckpt", fresh.model, refitted.optimizer)
     assert restored == state
-    assert int(refitted.optimizer.iterations.numpy()) == int(fitted.optimizer.iterations.numpy()) > 0
+    steps = int(fitted.optimizer.iterations.numpy())
+    assert int(refitted.optimizer.iterations.numpy()) == steps > 0
     for a, b in zip(fitted.optimizer.variables, refitted.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     probe = np.full((1, SIZE, SIZE, 3), 128.0, np.float32)

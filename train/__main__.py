@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import keras
 
-    from train import backbones, config as config_lib, trainer
+    from train import backbones, trainer
+    from train import config as config_lib
 
     try:
         config = config_lib.TrainConfig(

@@ -52,8 +52,8 @@ class RunState:
         self.best_val_accuracy, self.best_epoch, self.wait = -1.0, 0, 0
 
 
-def save(directory: str | os.PathLike, model: keras.Model, optimizer: keras.optimizers.Optimizer | None,
-         state: RunState) -> None:
+def save(directory: str | os.PathLike, model: keras.Model,
+         optimizer: keras.optimizers.Optimizer | None, state: RunState) -> None:
     """Atomically replaces the checkpoint in `directory` (created if needed)."""
     final = pathlib.Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)

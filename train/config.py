@@ -88,12 +88,14 @@ class TrainConfig:
             raise ValueError("data_dir and output_dir are required")
         if self.image_size != 0 and self.image_size < 32:
             raise ValueError(f"image_size must be 0 (native) or >= 32, got {self.image_size}")
-        if self.batch_size != AUTO and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f'batch_size must be a positive integer or "auto", got {self.batch_size!r}')
+        batch = self.batch_size
+        if batch != AUTO and (not isinstance(batch, int) or batch < 1):
+            raise ValueError(f'batch_size must be a positive integer or "auto", got {batch!r}')
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.unfreeze != "all" and (not isinstance(self.unfreeze, int) or self.unfreeze < 1):
-            raise ValueError(f'unfreeze must be "all" or a positive block count, got {self.unfreeze!r}')
+        unfreeze = self.unfreeze
+        if unfreeze != "all" and (not isinstance(unfreeze, int) or unfreeze < 1):
+            raise ValueError(f'unfreeze must be "all" or a positive block count, got {unfreeze!r}')
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.phase1.validate("phase1")

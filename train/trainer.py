@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from train import backbones, batch_size as batch_size_lib, checkpoint, data as data_lib
-from train import distribute, report
+from train import backbones, checkpoint, distribute, report
+from train import batch_size as batch_size_lib
+from train import data as data_lib
 from train.config import AUTO, TrainConfig, load_config, save_config, to_dict
 from train.model import Classifier, build_classifier, set_phase1_trainable, set_phase2_trainable
 
@@ -221,6 +222,16 @@ def _fit(model, train_ds, val_ds, *, state, epochs, callbacks, out, phase):
               shuffle=False)  # Our pipelines shuffle; Keras cannot shuffle a tf.data input.
 
 
+def _reseeded(data: data_lib.ClassFolderData, phase: int, first_epoch: int):
+    """The data with a seed of its own per phase and starting epoch.
+
+    A pipeline's shuffling and augmentation restart from its seed whenever it is built, so
+    phase 2 (or a resumed run) would otherwise replay the batches phase 1 already saw.
+    """
+    seed = data.config.seed + 1000 * phase + first_epoch
+    return dataclasses.replace(data, config=dataclasses.replace(data.config, seed=seed))
+
+
 def _run_phase1(config, classifier, data, state, out, has_val):
     cached = config.uses_feature_cache
     model = compile_phase1(classifier, config, on_features=cached)
@@ -239,7 +250,7 @@ def _run_phase1(config, classifier, data, state, out, has_val):
         logging.info("Phase 1: backbone features computed once in %.1fs (%d train images)",
                      time.monotonic() - t0, len(x))
     else:
-        train_ds, val_ds = data.train, data.val
+        train_ds, val_ds = _reseeded(data, 1, state.epochs_done).train, data.val
     callback = _EpochEnd(out=out, classifier=classifier, fitted=model, state=state, phase=1,
                          patience=config.phase1.early_stopping_patience, has_val=has_val)
     _fit(model, train_ds, val_ds, state=state, epochs=config.phase1.epochs,
@@ -257,7 +268,8 @@ def _run_phase2(config, classifier, data, state, out, has_val):
         state.start_phase(2)
     callback = _EpochEnd(out=out, classifier=classifier, fitted=model, state=state, phase=2,
                          patience=config.phase2.early_stopping_patience, has_val=has_val)
-    _fit(model, data.train, data.val, state=state, epochs=config.phase2.epochs,
+    train_ds = _reseeded(data, 2, state.epochs_done).train
+    _fit(model, train_ds, data.val, state=state, epochs=config.phase2.epochs,
          callbacks=[callback], out=out, phase=2)
     _end_phase(classifier, state, out, phase=2)
 

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable
-from typing import Literal, Union
 
 import keras
 
@@ -18,7 +17,7 @@ IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
 
 # "imagenet" | "none" | a local weights file path (already validated to exist).
-WeightsSpec = Union[Literal["imagenet", "none"], str]
+WeightsSpec = str
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -90,7 +90,7 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return int(rounded)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def block_specs(variant_name: str) -> tuple[BlockSpec, ...]:
     """The MBConv blocks of a Lite variant, in order; shared by the builder and the converter."""
     variant = _variant(variant_name)

@@ -151,7 +151,8 @@ def _check_shapes(converted: LayerWeights, variant: str) -> None:
         expected = [tuple(w.shape) for w in reference.get_layer(layer_name).weights]
         got = [a.shape for a in arrays]
         if expected != got:
-            raise ValueError(f"{variant} weights: {layer_name} has shapes {got}, expected {expected}")
+            raise ValueError(
+                f"{variant} weights: {layer_name} has shapes {got}, expected {expected}")
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -177,7 +178,8 @@ def _read_cache(npz: pathlib.Path, checksum: pathlib.Path) -> LayerWeights | Non
         return None
     try:
         with np.load(npz, allow_pickle=False) as data:
-            indexed = sorted((k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1]), k) for k in data.files)
+            keys = (k.rsplit(":", 1) + [k] for k in data.files)
+            indexed = sorted((layer, int(i), key) for layer, i, key in keys)
             weights: LayerWeights = {}
             for layer, _, key in indexed:
                 weights.setdefault(layer, []).append(data[key])

@@ -33,7 +33,8 @@ def load_pixels(paths: list[str | os.PathLike], image_size: int) -> np.ndarray:
         try:
             batch.append(preprocessing.decode_and_resize(tf.constant(data), image_size).numpy())
         except tf.errors.InvalidArgumentError as e:
-            raise ValueError(f"{path} is not a decodable image ({e.message.splitlines()[0]})") from e
+            reason = e.message.splitlines()[0]
+            raise ValueError(f"{path} is not a decodable image ({reason})") from e
     return np.stack(batch)
 
 

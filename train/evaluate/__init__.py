@@ -16,7 +16,8 @@ import pathlib
 import keras
 import numpy as np
 
-from train import data as data_lib, report
+from train import data as data_lib
+from train import report
 from train.config import load_config
 from train.trainer import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
@@ -91,5 +92,6 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
         "confusion_matrix": matrix.tolist(),
     }
     (model_dir / RESULTS_FILE.format(split=split)).write_text(json.dumps(results, indent=1))
-    report.plot_confusion_matrix(matrix, class_names, model_dir / CONFUSION_FILE.format(split=split))
+    report.plot_confusion_matrix(matrix, class_names,
+                                 model_dir / CONFUSION_FILE.format(split=split))
     return results
