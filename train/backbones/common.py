@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Callable
 
 import keras
@@ -90,32 +89,3 @@ def keras_home() -> str:
     """Keras's cache root: $KERAS_HOME, else ~/.keras (where get_file stores downloads)."""
     return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
-
-def build_with_keras_download(build: Callable[[], keras.Model], *, name: str, file_name: str,
-                              url: str, timeout_seconds: float = 20.0) -> keras.Model:
-    """Calls `build`, which fetches pretrained weights with keras.utils.get_file.
-
-    A file already in Keras's cache (~/.keras/models/, or under $KERAS_HOME) is used
-    offline. Otherwise the download is attempted with a socket timeout, so a machine
-    without network fails in seconds instead of hanging, and the failure says how to
-    pre-seed the cache or pass a local file.
-
-    Raises:
-      WeightsUnavailableError: the weights could not be downloaded.
-    """
-    cached = os.path.join(keras_home(), "models", file_name)
-    if os.path.isfile(cached):
-        return build()
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_seconds)
-    try:
-        return build()
-    except Exception as e:  # get_file wraps every network failure in a bare Exception.
-        raise WeightsUnavailableError(
-            f"ImageNet weights for {name} are downloaded by Keras from {url} and that failed "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, pre-seed the "
-            f"cache: fetch that file on a connected machine and copy it to {cached} "
-            f"(Keras checks its hash), or pass weights=/path/to/{file_name}."
-        ) from e
-    finally:
-        socket.setdefaulttimeout(previous)
