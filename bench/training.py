@@ -1,0 +1,173 @@
+"""Training benchmarks, measured side by side in one run on the same data and settings.
+
+    python -m bench.training cache      # phase-1 epoch: cached features vs pixels
+    python -m bench.training pipeline   # input pipeline throughput vs training-step throughput
+    python -m bench.training pretrained # lite0 ImageNet weights vs random init, both phases
+
+Data: Fashion-MNIST demo folders (made with `python -m train.datasets fashion_mnist`).
+Results and the exact commands are recorded in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+
+from absl import app, flags
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "runs/bench/data", "Class-per-folder data.")
+_PER_CLASS = flags.DEFINE_integer("per_class", 200, "Images per class (materialised if absent).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 96, "Input size.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per measured phase.")
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def _prepare():
+    from train import datasets
+
+    if not os.path.isdir(os.path.join(_DATA_DIR.value, "train")):
+        datasets.materialise("fashion_mnist", _DATA_DIR.value, per_class=_PER_CLASS.value)
+    return _DATA_DIR.value
+
+
+def _classifier(weights="imagenet", num_classes=10):
+    from train import backbones, model
+
+    built = backbones.build_backbone("lite0", weights=weights, input_size=_IMAGE_SIZE.value)
+    return model.build_classifier(built, num_classes=num_classes)
+
+
+def _timed_epochs(model, ds, epochs):
+    """Seconds per epoch after one untimed warm-up epoch (tracing, cache fill)."""
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(ds, epochs=epochs, verbose=0, shuffle=False)
+    return (time.perf_counter() - start) / epochs
+
+
+def bench_cache() -> dict:
+    """Phase-1 epoch time on pixels (frozen backbone in the step) vs on cached features."""
+    from train import data, trainer
+    from train.config import TrainConfig
+
+    listing = data.list_class_folders(_prepare())
+    config = TrainConfig(data_dir=".", output_dir=".", augment=False)
+    pixels = data.make_dataset(listing.splits["train"], image_size=_IMAGE_SIZE.value,
+                               batch_size=_BATCH_SIZE.value,
+                               config=data.DataConfig(augment=None, cache="memory"))
+    classifier = _classifier()
+    on_pixels = trainer.compile_phase1(classifier, config, on_features=False)
+    pixel_epoch = _timed_epochs(on_pixels, pixels, _EPOCHS.value)
+
+    start = time.perf_counter()
+    x, y = trainer._features(classifier.feature_model(), pixels)
+    extract = time.perf_counter() - start
+    on_features = trainer.compile_phase1(classifier, config, on_features=True)
+    feature_ds = trainer._feature_dataset(x, y, _BATCH_SIZE.value, shuffle=True, seed=0)
+    feature_epoch = _timed_epochs(on_features, feature_ds, _EPOCHS.value)
+    n = 10  # A typical phase-1 length, to show the one-off extraction amortised.
+    return {
+        "train_images": len(listing.splits["train"]),
+        "epoch_on_pixels_s": round(pixel_epoch, 3),
+        "epoch_on_features_s": round(feature_epoch, 3),
+        "one_off_feature_extraction_s": round(extract, 2),
+        "per_epoch_speedup": round(pixel_epoch / feature_epoch, 1),
+        f"speedup_over_{n}_epochs_incl_extraction": round(
+            n * pixel_epoch / (extract + n * feature_epoch), 1),
+    }
+
+
+def bench_pipeline() -> dict:
+    """Images/s the input pipeline delivers vs images/s a phase-2 training step consumes."""
+    import tensorflow as tf
+
+    from train import data, trainer
+    from train.config import TrainConfig
+
+    listing = data.list_class_folders(_prepare())
+    split = listing.splits["train"]
+    rates = {}
+    for name, config in (("pipeline_cold_decode", data.DataConfig(cache="none")),
+                         ("pipeline_cached_augmented", data.DataConfig(cache="memory"))):
+        ds = data.make_dataset(split, image_size=_IMAGE_SIZE.value, batch_size=_BATCH_SIZE.value,
+                               training=True, config=config)
+        for _ in ds:  # Warm-up pass (fills the cache where there is one).
+            pass
+        start = time.perf_counter()
+        count = sum(int(images.shape[0]) for images, _ in ds)
+        rates[name] = count / (time.perf_counter() - start)
+
+    classifier = _classifier()
+    fitted = trainer.compile_phase2(classifier, TrainConfig(data_dir=".", output_dir="."),
+                                    steps_per_epoch=20)
+    batch = next(iter(data.make_dataset(split, image_size=_IMAGE_SIZE.value,
+                                        batch_size=_BATCH_SIZE.value)))
+    in_memory = tf.data.Dataset.from_tensors(batch).repeat(20)  # No input cost at all.
+    epoch = _timed_epochs(fitted, in_memory, 1)
+    rates["training_step"] = 20 * _BATCH_SIZE.value / epoch
+    result = {k + "_images_per_s": round(v, 1) for k, v in rates.items()}
+    for name in ("pipeline_cold_decode", "pipeline_cached_augmented"):
+        result[f"{name}_over_training"] = round(rates[name] / rates["training_step"], 1)
+    return result
+
+
+def bench_pretrained() -> dict:
+    """Same two-phase run from ImageNet weights and from random init.
+
+    From random init, BatchNorm's statistics are meaningless, so the default frozen-BN
+    setting cripples that run; the scratch run is also measured with --bn_trainable, the
+    fair baseline.
+    """
+    from train import trainer
+    from train.config import PhaseConfig, TrainConfig
+
+    data_dir = _prepare()
+    results = {}
+    variants = {"imagenet": ("imagenet", False), "scratch": ("none", False),
+                "scratch_bn_trainable": ("none", True)}
+    for name, (weights, bn_trainable) in variants.items():
+        with tempfile.TemporaryDirectory() as out:
+            config = TrainConfig(
+                data_dir=data_dir, output_dir=out, weights=weights, image_size=_IMAGE_SIZE.value,
+                bn_trainable=bn_trainable,
+                batch_size=_BATCH_SIZE.value, augment=False,
+                phase1=PhaseConfig(epochs=5, learning_rate=1e-3),
+                phase2=PhaseConfig(epochs=_EPOCHS.value, learning_rate=1e-4,
+                                   early_stopping_patience=0)).validated()
+            start = time.perf_counter()
+            metrics = trainer.train(config).metrics
+            results[name] = {
+                "phase1_best_val": round(metrics["phase1"]["best_val_accuracy"], 4),
+                "phase2_best_val": round(metrics["phase2"]["best_val_accuracy"], 4),
+                "test_top1": round(metrics["evaluation"]["top1"], 4),
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+    best_scratch = max(results[k]["test_top1"] for k in ("scratch", "scratch_bn_trainable"))
+    results["test_top1_pretrained_minus_best_scratch"] = round(
+        results["imagenet"]["test_top1"] - best_scratch, 4)
+    return results
+
+
+_BENCHES = {"cache": bench_cache, "pipeline": bench_pipeline, "pretrained": bench_pretrained}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in _BENCHES:
+        raise app.UsageError(f"usage: python -m bench.training {{{'|'.join(_BENCHES)}}}")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    result = {"bench": argv[1], "machine": _machine(), "image_size": _IMAGE_SIZE.value,
+              "batch_size": _BATCH_SIZE.value, **_BENCHES[argv[1]]()}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""gRPC and REST clients for TF Serving, without a TensorFlow dependency (planned)."""

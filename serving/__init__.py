@@ -1,0 +1,1 @@
+"""TF Serving configs and a local TF-Serving-compatible gRPC/REST server (planned)."""
