@@ -115,6 +115,16 @@ def test_representative_backbones_build_small_feature_models(name):
         assert "block6a_expand_conv" in [la.name for la in backbone.model.layers]
 
 
+@pytest.mark.parametrize("name", QUICK)
+def test_untrained_backbones_already_normalise_as_stated(name):
+    # weights="none" too: a model trained from scratch must see the input its docs promise
+    # (Keras's B0..B7 alone would leave its Normalization at mean 0, variance 1: x/255).
+    model = backbones.build_backbone(name, weights="none", input_size=SIZE).model
+    x = _pixels()
+    expected = x / 128.0 - 1.0 if name == "v2-s" else (x / 255.0 - MEAN) / STD
+    np.testing.assert_allclose(_stem_input(model, x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(KERAS_NAMES + EFN_NAMES) - set(QUICK)))
 def test_every_backbone_builds_a_small_feature_model(name):

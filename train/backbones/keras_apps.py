@@ -3,7 +3,8 @@
 Both families normalise their 0..255 input inside the model:
 
 * B0..B7: `Rescaling(1/255)` then a `Normalization` layer whose mean and variance are
-  weights of the model (the ImageNet weight files carry them).
+  weights of the model (the ImageNet weight files carry them). Keras leaves them at 0 and 1
+  without ImageNet weights; we set the ImageNet values, so weights="none" normalises alike.
 * V2-B0..B3: built with include_preprocessing=True, i.e. `Rescaling(1/255)` then
   `Normalization` with the ImageNet mean and std fixed in the layer config.
 * V2-S/M/L: include_preprocessing=True, i.e. `Rescaling(1/128, offset=-1)`.
@@ -50,6 +51,7 @@ DOWNLOAD_TIMEOUT_SECONDS = 20.0
 
 _B_URL = "https://storage.googleapis.com/keras-applications/"
 _V2_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 B_NORMALIZATION = (
@@ -194,16 +196,36 @@ def fix_stored_std(model: keras.Model) -> bool:
     return changed
 
 
+def _set_imagenet_statistics(model: keras.Model) -> None:
+    """Gives B0..B7's Normalization layer the ImageNet mean and variance (std**2)."""
+    for layer in model.layers:
+        mean = getattr(layer, "adapt_mean", None)
+        variance = getattr(layer, "adapt_variance", None)
+        if isinstance(layer, keras.layers.Normalization) and mean is not None:
+            mean.assign(np.reshape(_IMAGENET_MEAN, mean.shape))
+            variance.assign(np.reshape(_IMAGENET_STD**2, variance.shape))
+            layer.finalize_state()
+
+
 def build_architecture(spec: KerasSpec, *, input_size: int, include_top: bool) -> keras.Model:
-    """Builds an uninitialised keras.applications EfficientNet taking 0..255 pixels."""
+    """Builds an uninitialised keras.applications EfficientNet taking 0..255 pixels.
+
+    Its input normalisation is already the one `spec.normalization` states, before any
+    weights file is loaded (a file then brings its own B0..B7 statistics).
+    """
     if input_size < 32:
         raise ValueError(f"input_size must be at least 32 pixels, got {input_size}")
     constructor = getattr(keras.applications, spec.constructor)
     kwargs = {"include_preprocessing": True} if spec.is_v2 else {}
     # weights=None always: with "imagenet" Keras would insert its extra std Rescaling layer
     # (B0..B7) and download on its own; we load the same file ourselves instead.
-    return constructor(include_top=include_top, weights=None,
-                       input_shape=(input_size, input_size, 3), **kwargs)
+    model = constructor(include_top=include_top, weights=None,
+                        input_shape=(input_size, input_size, 3), **kwargs)
+    if not spec.is_v2:
+        # Keras leaves B0..B7's Normalization at mean 0, variance 1 without ImageNet weights,
+        # i.e. x/255 only; a model trained from scratch must still see the stated input.
+        _set_imagenet_statistics(model)
+    return model
 
 
 def build(*, weights: common.WeightsSpec, input_size: int, include_top: bool = False,
