@@ -315,3 +315,65 @@ def test_truncated_png_gif_bmp_are_detected(tmp_path, fmt):
     cut = tmp_path / f"cut.{fmt.lower()}"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
     assert data.check_image_file(str(cut)).startswith(f"truncated {fmt}")
+
+
+def test_augmented_epochs_are_reproducible_from_the_seed(tmp_path):
+    photo = np.linspace(0, 255, 24 * 24 * 3).reshape(24, 24, 3).astype(np.uint8)
+    for name in ("a", "b"):
+        for i in range(3):
+            save(Image.fromarray(photo), tmp_path / name / f"{i}.png", "PNG")
+
+    def two_epochs(seed: int) -> list[np.ndarray]:
+        config = data.DataConfig(val_fraction=0, seed=seed, cache="memory")
+        train = data.load_class_folders(tmp_path, image_size=SIZE, batch_size=6,
+                                        config=config).train
+        return [all_examples(train)[0] for _ in range(2)]
+
+    first, again = two_epochs(5), two_epochs(5)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)  # Same seed, same pipeline: same epochs.
+    assert np.abs(first[0] - first[1]).max() > 1
+    assert np.abs(first[0] - two_epochs(6)[0]).max() > 1
+
+
+def augmented(image: np.ndarray, config: data.AugmentConfig, seeds=range(8)) -> np.ndarray:
+    return np.stack([data.augment_image(tf.constant(image), tf.constant([s, 0], tf.int64),
+                                        config).numpy() for s in seeds])
+
+
+def test_each_augmentation_does_what_it_says():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(40, 210, (15, 21, 3)).astype(np.float32)
+    off = dict(flip=False, rotation=0.0, zoom=0.0, contrast=0.0)
+
+    flips = augmented(image, data.AugmentConfig(**{**off, "flip": True}))
+    mirrored = [np.array_equal(x, image[:, ::-1]) for x in flips]
+    assert all(m or np.array_equal(x, image) for m, x in zip(mirrored, flips))
+    assert 0 < sum(mirrored) < len(flips)
+
+    # Contrast scales each channel's deviation from its own mean; the means stay.
+    for x in augmented(image, data.AugmentConfig(**{**off, "contrast": 0.3})):
+        mean = image.mean(axis=(0, 1))
+        np.testing.assert_allclose(x.mean(axis=(0, 1)), mean, atol=0.1)
+        factor = ((x - mean) * (image - mean)).sum() / ((image - mean) ** 2).sum()
+        assert 0.7 <= factor <= 1.3
+        np.testing.assert_allclose(x - mean, factor * (image - mean), atol=0.05)
+
+    # Rotation and zoom act about the centre: the centre pixel stays; others move.
+    for key, value in (("rotation", 0.1), ("zoom", 0.3)):
+        moved = augmented(image, data.AugmentConfig(**{**off, key: value}))
+        np.testing.assert_allclose(moved[:, 7, 10], np.broadcast_to(image[7, 10], (8, 3)),
+                                   atol=1e-3)
+        assert all(np.abs(x - image).max() > 1 for x in moved)
+        assert moved.shape == (8, 15, 21, 3) and moved.min() >= 0 and moved.max() <= 255
+
+
+def test_a_link_back_to_an_enclosing_folder_is_listed_once(tmp_path):
+    make_class_tree(tmp_path, per_class=2)
+    (tmp_path / "blue" / "loop").symlink_to(tmp_path / "blue", target_is_directory=True)
+    (tmp_path / "blue" / "all").symlink_to(tmp_path, target_is_directory=True)
+    listing = data.list_class_folders(tmp_path, data.DataConfig(val_fraction=0))
+    blue = [p for p, y in zip(listing.splits["train"].paths, listing.splits["train"].labels)
+            if y == 0]
+    # Own 2 images, plus the other classes' 4 reached through the "all" link; no repeats.
+    assert len(blue) == 6 and len({pathlib.Path(p).resolve() for p in blue}) == 6

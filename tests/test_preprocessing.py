@@ -75,6 +75,26 @@ def test_cmyk_jpeg_midtones_match_pil():
     np.testing.assert_allclose(decode(data, 8), np.broadcast_to(expected[0, 0], (8, 8, 3)), atol=1)
 
 
+def test_ycck_jpeg_matches_pil():
+    data = bytearray(encode(solid("CMYK", (40, 120, 200, 60)), "JPEG", quality=100))
+    # Adobe APP14 transform flag 2 marks YCCK, the layout Photoshop writes for CMYK; setting
+    # it sends both decoders down their YCCK path on the same data.
+    flag = data.index(b"Adobe") + 11
+    assert data[flag] == 0
+    data[flag] = 2
+    expected = np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"), np.float32)
+    np.testing.assert_allclose(decode(bytes(data), 8),
+                               np.broadcast_to(expected[0, 0], (8, 8, 3)), atol=1.5)
+
+
+def test_16_bit_png_is_reduced_to_8_bits():
+    array = np.zeros((6, 6, 3), np.uint16)
+    array[..., 0], array[..., 2] = 65535, 30000
+    pixels = decode(tf.io.encode_png(array).numpy(), 6)
+    np.testing.assert_allclose(pixels, np.broadcast_to([255, 0, 30000 >> 8], (6, 6, 3)),
+                               atol=1e-3)
+
+
 def test_animated_gif_uses_the_first_frame():
     np.testing.assert_allclose(decode(animated_gif())[0, 0], RED, atol=8)
 

@@ -27,8 +27,10 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     Formats: JPEG (baseline, progressive, grey and CMYK), PNG (any bit depth, grey, palette,
     alpha), GIF (the first frame) and BMP (24/32-bit, and 8-bit with its palette applied).
     Grey becomes RGB by replication and an alpha channel is dropped (not composited), as
-    TensorFlow's decoders do. CMYK JPEGs are converted to RGB by TensorFlow's decoder in
-    the same way as PIL (Adobe inverted CMYK; checked in tests/test_preprocessing.py).
+    TensorFlow's decoders do. CMYK (and YCCK) JPEGs are converted to RGB by TensorFlow's
+    own JPEG decoder, matching PIL within 1 level (Adobe inverted CMYK, as PIL and Photoshop
+    write it; checked in tests/test_preprocessing.py), so no conversion code is needed here.
+    16-bit PNGs are reduced to 8 bits by truncation (tf.io.decode_image's conversion).
     JPEGs use the accurate integer IDCT, so pixels equal PIL's decode of the same file
     (the default fast IDCT differs by up to ~4 levels) at ~4% extra decode time. EXIF
     orientation is not applied, as in keras.utils.image_dataset_from_directory.
