@@ -176,10 +176,11 @@ def train(config: TrainConfig) -> TrainResult:
 
     info = backbones.get_info(config.backbone)
     image_size = config.image_size or info.input_size
+    data_config = _data_config(config)
     with strategy.scope():
         backbone = backbones.build_backbone(config.backbone, weights=config.weights,
                                             input_size=image_size)
-        listing = data_lib.list_class_folders(config.data_dir, _data_config(config))
+        listing = data_lib.list_class_folders(config.data_dir, data_config)
         classifier = build_classifier(backbone, num_classes=len(listing.class_names),
                                       dropout=config.dropout)
     batch = config.batch_size
@@ -188,7 +189,7 @@ def train(config: TrainConfig) -> TrainResult:
         batch = batch_size_lib.auto_batch_size(
             classifier.model, replicas=strategy.num_replicas_in_sync,
             mixed_precision=config.mixed_precision)
-    data = data_lib.ClassFolderData(listing, image_size, batch, _data_config(config))
+    data = data_lib.ClassFolderData(listing, image_size, batch, data_config)
     logging.info("Data: %s; batch size %d", data.summary(), batch)
     data_lib.write_labels(data.class_names, out / LABELS_FILE)
     save_config(config, out / CONFIG_FILE, batch_size=batch, image_size=image_size,
@@ -196,10 +197,11 @@ def train(config: TrainConfig) -> TrainResult:
 
     state = checkpoint.read_state(out / CHECKPOINT_DIR) or checkpoint.RunState()
     has_val = data.count("val") > 0
+    in_phase2 = state.phase == 2 and not state.phase_done  # _run_phase2 restores it all.
     with strategy.scope():
         if state.phase == 1 and not state.phase_done and config.phase1.epochs:
             _run_phase1(config, classifier, data, state, out, has_val)
-        elif state.epochs_done or state.phase == 2:
+        elif (state.epochs_done or state.phase == 2) and not in_phase2:
             checkpoint.load(out / CHECKPOINT_DIR, classifier.model, None)
         if not (state.phase == 2 and state.phase_done) and config.phase2.epochs:
             _run_phase2(config, classifier, data, state, out, has_val)
