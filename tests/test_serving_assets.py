@@ -13,7 +13,6 @@ from __future__ import annotations
 import configparser
 import contextlib
 import dataclasses
-import functools
 import http.server
 import json
 import pathlib
@@ -26,14 +25,10 @@ import sys
 import threading
 
 import pytest
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    text_format,
-    wrappers_pb2,
-)
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as serving_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SERVING = REPO / "serving"
@@ -86,66 +81,25 @@ def _pinned_tensorflow_minor() -> tuple[int, int]:
 
 
 # --- Protos the pip package does not ship ---------------------------------------------
-
-_F = descriptor_pb2.FieldDescriptorProto
-_INT64_VALUE = ".google.protobuf.Int64Value"
-
-# BatchingParameters and MonitoringConfig, field names and numbers as in
-# tensorflow_serving/servables/tensorflow/session_bundle_config.proto and
-# tensorflow_serving/config/monitoring_config.proto (tensorflow-serving-api ships neither).
-# Built as descriptors, so text_format parses the files as strictly as the server does:
-# unknown fields, unwrapped values, wrong types and repeated singular fields all fail.
-_BATCHING_FIELDS = (
-    ("max_batch_size", 1, _F.TYPE_MESSAGE, _INT64_VALUE),
-    ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, _INT64_VALUE),
-    ("max_enqueued_batches", 3, _F.TYPE_MESSAGE, _INT64_VALUE),
-    ("num_batch_threads", 4, _F.TYPE_MESSAGE, _INT64_VALUE),
-    ("thread_pool_name", 5, _F.TYPE_MESSAGE, ".google.protobuf.StringValue"),
-    ("allowed_batch_sizes", 6, _F.TYPE_INT64, None),
-    ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None),
-    ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
-    ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, _INT64_VALUE),
-)
-
-
-@functools.cache
-def _serving_protos() -> descriptor_pool.DescriptorPool:
-    # A private pool: nothing clashes if a later tensorflow-serving-api ships these.
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="tests/serving_protos.proto", package="tensorflow.serving", syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"])
-    batching = fdp.message_type.add(name="BatchingParameters")
-    for name, number, type_, type_name in _BATCHING_FIELDS:
-        field = batching.field.add(
-            name=name, number=number, type=type_,
-            label=_F.LABEL_REPEATED if name == "allowed_batch_sizes" else _F.LABEL_OPTIONAL)
-        if type_name:
-            field.type_name = type_name
-    prometheus = fdp.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=_F.TYPE_BOOL, label=_F.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    monitoring = fdp.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1, type=_F.TYPE_MESSAGE,
-                         label=_F.LABEL_OPTIONAL, type_name=".tensorflow.serving.PrometheusConfig")
-    pool.Add(fdp)
-    return pool
+# BatchingParameters and MonitoringConfig are parsed with the local server's runtime
+# parser (serving/config.py builds them as descriptors: unknown fields, unwrapped values,
+# wrong types and repeated singular fields all fail, as in TF Serving).
 
 
 def _message(name: str):
-    return message_factory.GetMessageClass(
-        _serving_protos().FindMessageTypeByName(f"tensorflow.serving.{name}"))()
+    return serving_config.new_message(name)
 
 
 def _parse_batching(text: str):
-    return text_format.Parse(text, _message("BatchingParameters"))
+    return serving_config.parse_batching_parameters(text)
 
 
 def _batching_errors(params) -> list[str]:
-    """What would stop the model from loading, or make the file meaningless, as messages."""
+    """What would stop the model from loading, or make the file meaningless, as messages.
+
+    The server's own rules come from serving.config; on top, the images set every limit
+    explicitly and leave large-batch splitting off.
+    """
     errors = []
     for name in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
                  "max_enqueued_batches"):
@@ -153,19 +107,7 @@ def _batching_errors(params) -> list[str]:
             errors.append(f"{name} is not set")
     if errors:
         return errors
-    max_batch = params.max_batch_size.value
-    for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
-        if getattr(params, name).value < 1:
-            errors.append(f"{name} must be positive, got {getattr(params, name).value}")
-    if params.batch_timeout_micros.value < 0:
-        errors.append("batch_timeout_micros must not be negative")
-    sizes = list(params.allowed_batch_sizes)
-    if sizes:
-        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-            errors.append(f"allowed_batch_sizes must be positive and increasing: {sizes}")
-        if sizes[-1] != max_batch:
-            errors.append(f"last allowed_batch_sizes entry {sizes[-1]} != max_batch_size "
-                          f"{max_batch} (the server refuses to load the model)")
+    errors += serving_config.batching_errors(params)
     if params.HasField("enable_large_batch_splitting"):
         errors.append("enable_large_batch_splitting: not used by these images; its limits "
                       "differ (max_execution_batch_size), review them before enabling")

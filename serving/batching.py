@@ -1,0 +1,180 @@
+"""Server-side dynamic batching, with TF Serving's BasicBatchScheduler semantics.
+
+Concurrent requests to the same version and signature whose inputs agree in dtype and in
+every dimension but the first are concatenated along dimension 0, run as one call, and the
+outputs are split back. Per BatchingParameters:
+
+* a request larger than max_batch_size fails with INVALID_ARGUMENT;
+* a batch closes when full or batch_timeout_micros after its first request;
+* at most max_enqueued_batches batches wait; one more request that needs a new batch fails
+  with UNAVAILABLE (the client should retry elsewhere or later);
+* num_batch_threads batches run at once;
+* with allowed_batch_sizes a batch is padded (repeating its first row) to the next allowed
+  size, and the padding is cut off the outputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from absl import logging
+
+from serving.config import BatchingOptions
+from serving.errors import ServingError, invalid_argument, unavailable
+
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def batch_size_of(inputs: dict[str, np.ndarray]) -> int:
+    """The shared 0th dimension of a request's inputs (the batching session's rule)."""
+    sizes = set()
+    for array in inputs.values():
+        if np.ndim(array) == 0:
+            raise invalid_argument("Batching session Run() input tensors must have at least "
+                                   "one dimension")
+        sizes.add(np.shape(array)[0])
+    if len(sizes) != 1:
+        raise invalid_argument("Batching session Run() input tensors must have equal "
+                               "0th-dimension size")
+    return sizes.pop()
+
+
+class _Task:
+    __slots__ = ("inputs", "size", "future")
+
+    def __init__(self, inputs, size):
+        self.inputs, self.size = inputs, size
+        self.future = concurrent.futures.Future()
+
+
+class _Batch:
+    __slots__ = ("key", "tasks", "size", "created")
+
+    def __init__(self, key):
+        self.key, self.tasks, self.size, self.created = key, [], 0, time.monotonic()
+
+
+class Batcher:
+    """Batches calls to one signature of one servable version."""
+
+    def __init__(self, run: RunFn, options: BatchingOptions, *, on_batch=None,
+                 name: str = "batcher"):
+        """Args:
+          run: the signature call, inputs -> outputs (all of them).
+          options: resolved BatchingParameters.
+          on_batch: called with (batch size, padded size) after each batch runs.
+        """
+        self._run = run
+        self._options = options
+        self._on_batch = on_batch
+        self._timeout = options.batch_timeout_micros / 1e6
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._worker, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, options.num_batch_threads))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> concurrent.futures.Future:
+        """Queues a request; the future holds its outputs or a ServingError."""
+        size = batch_size_of(inputs)
+        if size > self._options.max_batch_size:
+            raise invalid_argument(f"Task size {size} is larger than maximum input batch "
+                                   f"size {self._options.max_batch_size}")
+        key = tuple(sorted((name, str(np.asarray(a).dtype), np.shape(a)[1:])
+                           for name, a in inputs.items()))
+        task = _Task(inputs, size)
+        with self._cond:
+            if self._stopped:
+                raise unavailable("The batch scheduler is shutting down")
+            last = self._queue[-1] if self._queue else None
+            if (last is None or last.key != key
+                    or last.size + size > self._options.max_batch_size):
+                if len(self._queue) >= self._options.max_enqueued_batches:
+                    raise unavailable("The batch scheduling queue to which this task was "
+                                      "submitted is full")
+                last = _Batch(key)
+                self._queue.append(last)
+            last.tasks.append(task)
+            last.size += size
+            self._cond.notify_all()
+        return task.future
+
+    def _ready(self, now: float) -> bool:
+        head = self._queue[0]
+        return (head.size >= self._options.max_batch_size or len(self._queue) > 1
+                or now - head.created >= self._timeout)
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopped and not self._queue:
+                        return
+                    if self._queue:
+                        now = time.monotonic()
+                        if self._ready(now) or self._stopped:
+                            batch = self._queue.popleft()
+                            break
+                        self._cond.wait(self._queue[0].created + self._timeout - now)
+                    else:
+                        self._cond.wait()
+            self._process(batch)
+
+    def _padded_size(self, size: int) -> int:
+        for allowed in self._options.allowed_batch_sizes:
+            if allowed >= size:
+                return allowed
+        return size
+
+    def _process(self, batch: _Batch) -> None:
+        # Tasks whose callers gave up (deadline) while queued are left out.
+        batch.tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
+        batch.size = sum(t.size for t in batch.tasks)
+        if not batch.tasks:
+            return
+        try:
+            names = list(batch.tasks[0].inputs)
+            padded = self._padded_size(batch.size)
+            merged = {}
+            for name in names:
+                parts = [np.asarray(t.inputs[name]) for t in batch.tasks]
+                if padded > batch.size:
+                    first = parts[0][:1]
+                    parts.append(np.repeat(first, padded - batch.size, axis=0))
+                merged[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+            outputs = self._run(merged)
+            for name, value in outputs.items():
+                if np.ndim(value) == 0 or np.shape(value)[0] != padded:
+                    raise invalid_argument(
+                        "Batched output tensor's 0th dimension does not equal the sum of the "
+                        f"0th dimension sizes of the input tensors (output {name})")
+            if self._on_batch is not None:
+                self._on_batch(batch.size, padded)
+            offset = 0
+            for task in batch.tasks:
+                task.future.set_result({name: value[offset:offset + task.size]
+                                        for name, value in outputs.items()})
+                offset += task.size
+        except Exception as error:
+            failure = ServingError.from_exception(error)
+            for task in batch.tasks:
+                if not task.future.done():
+                    task.future.set_exception(failure)
+            if not isinstance(error, ServingError):
+                logging.exception("Batch failed")
+
+    def stop(self) -> None:
+        """Runs what is queued, then ends the threads."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=60)

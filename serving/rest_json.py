@@ -1,0 +1,454 @@
+"""TF Serving's REST JSON formats (tensorflow_serving/util/json_tensor.cc), both ways.
+
+Requests: {"signature_name", "instances": [...]} (row) or {"inputs": ...} (columnar);
+DT_STRING values may be {"b64": "..."}; NaN/Infinity are accepted; trailing bytes after the
+document are ignored (rapidjson kParseStopWhenDoneFlag). Responses: "predictions" for row
+requests, "outputs" for columnar ones; string outputs named *_bytes come back as
+{"b64": ...}; floats are written like WriteDecimal: %g with 6 digits when that round-trips,
+else max_digits10 (9 for float32, 17 for float64), plus ".0" on whole numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import types_pb2
+
+from serving import tensors
+from serving.errors import ServingError, invalid_argument
+
+ROW, COLUMNAR = "row", "columnar"
+
+_INT_RANGES = {
+    types_pb2.DT_INT8: (-2 ** 31, 2 ** 31 - 1), types_pb2.DT_INT16: (-2 ** 31, 2 ** 31 - 1),
+    types_pb2.DT_INT32: (-2 ** 31, 2 ** 31 - 1), types_pb2.DT_UINT8: (-2 ** 31, 2 ** 31 - 1),
+    types_pb2.DT_INT64: (-2 ** 63, 2 ** 63 - 1), types_pb2.DT_UINT32: (0, 2 ** 32 - 1),
+    types_pb2.DT_UINT64: (0, 2 ** 64 - 1),
+}
+
+
+def debug_string(value) -> str:
+    """JsonValueToDebugString: the value re-serialised compactly."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def type_string(value) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def parse_json(body: bytes | str) -> dict:
+    """ParseJson: a JSON object or INVALID_ARGUMENT."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if not text:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    stripped = text.lstrip()
+    if not stripped:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc, _ = json.JSONDecoder().raw_decode(stripped)
+    except json.JSONDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: "
+                               f"{error.pos + len(text) - len(stripped)}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: nesting too deep") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {debug_string(doc)} Is not object")
+    return doc
+
+
+def signature_name(doc: dict) -> str:
+    if "signature_name" not in doc:
+        return ""
+    if not isinstance(doc["signature_name"], str):
+        raise invalid_argument(f"JSON Value: {debug_string(doc)} not formatted correctly. "
+                               "'signature_name' key must be a string value.")
+    return doc["signature_name"]
+
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def decode_b64(value) -> bytes:
+    if not _is_b64(value):
+        raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly "
+                               "for base64 data")
+    text = value["b64"]
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def _type_error(value, dtype: int) -> ServingError:
+    return invalid_argument(f"JSON Value: {debug_string(value)} Type: {type_string(value)} is "
+                            f"not of expected type: {tensors.dtype_string(dtype)}")
+
+
+def _scalar(value, dtype: int):
+    """AddValueToTensor: one JSON leaf -> a Python value of dtype."""
+    if isinstance(value, dict):
+        if dtype == types_pb2.DT_STRING:
+            return decode_b64(value)
+        raise _type_error(value, dtype)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF):
+        if not is_number:
+            raise _type_error(value, dtype)
+        return float(value)
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if not (is_number and isinstance(value, int) and low <= value <= high):
+            raise _type_error(value, dtype)
+        return value
+    if dtype == types_pb2.DT_STRING:
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    if dtype == types_pb2.DT_BOOL:
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                       f"Conversion of JSON Value: {debug_string(value)} to type: "
+                       f"{tensors.dtype_string(dtype)}")
+
+
+def _dense_shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, level: int, shape: list[int], dtype: int, out: list) -> None:
+    """FillTensorProto: checks the nesting is dense and collects leaves."""
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise invalid_argument(f"JSON Value: {debug_string(value)} found at incorrect "
+                                   f"level: {level + 1} in the JSON DOM. Expected at level: "
+                                   f"{rank}")
+        out.append(_scalar(value, dtype))
+        return
+    if level >= rank:
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < "
+                               f"{rank}")
+    if len(value) != shape[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
+                               f"{level} expected size: {shape[level]}")
+    for item in value:
+        _fill(item, level + 1, shape, dtype, out)
+
+
+def to_array(value, dtype: int) -> np.ndarray:
+    """A JSON value (scalar, nested lists, b64 objects) -> numpy array of dtype."""
+    shape = _dense_shape(value)
+    leaves: list = []
+    _fill(value, 0, shape, dtype, leaves)
+    np_type = tensors.numpy_dtype(dtype)
+    if np_type is object:
+        array = np.empty(len(leaves), dtype=object)
+        array[:] = leaves
+        return array.reshape(shape)
+    if dtype in (types_pb2.DT_INT8, types_pb2.DT_INT16, types_pb2.DT_UINT8):
+        # int_val holds int32; narrower types wrap as the C++ cast does.
+        return np.array(leaves, dtype=np.int64).astype(np_type).reshape(shape)
+    return np.array(leaves, dtype=np_type).reshape(shape)
+
+
+def _is_element_object(value) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
+
+
+def _shape_string(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def inputs_from_instances(instances: list, input_infos) -> dict[str, np.ndarray]:
+    """FillTensorMapFromInstancesList: row format -> one array per named input."""
+    names = sorted(input_infos.keys())
+    if not _is_element_object(instances[0]) and len(names) > 1:
+        raise invalid_argument("instances is a plain list, but expecting list of objects as "
+                               "multiple input tensors required as per tensorinfo_map")
+    objects = _is_element_object(instances[0])
+    values: dict[str, list] = {}
+    shapes: dict[str, list[int]] = {}
+
+    def add(item, name: str) -> None:
+        if name not in input_infos:
+            raise invalid_argument(f"JSON object: does not have named input: {name}")
+        array = to_array(item, input_infos[name].dtype)
+        if name not in shapes:
+            shapes[name] = list(array.shape)
+        elif array.size != int(np.prod(shapes[name])):
+            raise invalid_argument(f"Expecting tensor size: {int(np.prod(shapes[name]))} but "
+                                   f"got: {array.size}")
+        elif list(array.shape) != shapes[name]:
+            raise invalid_argument(f"Expecting shape {_shape_string(shapes[name])} but got: "
+                                   f"{_shape_string(list(array.shape))}")
+        values.setdefault(name, []).append(array)
+
+    for index, element in enumerate(instances):
+        if objects:
+            if not _is_element_object(element):
+                raise invalid_argument(f"Expecting object but got list at item {index} of "
+                                       "input list")
+            for name, item in element.items():
+                try:
+                    add(item, name)
+                except ServingError as error:
+                    raise invalid_argument(f"Failed to process element: {index} key: {name} of "
+                                           f"'instances' list. Error: {error}") from None
+            if set(element) != set(names):
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{debug_string(element)} keys must be equal to: {','.join(names)}")
+        else:
+            if _is_element_object(element):
+                raise invalid_argument(f"Expecting value/list but got object at item {index} "
+                                       "of input list")
+            try:
+                add(element, names[0])
+            except ServingError as error:
+                raise invalid_argument(f"Failed to process element: {index} of 'instances' "
+                                       f"list. Error: {error}") from None
+    return {name: np.stack(arrays) for name, arrays in values.items()}
+
+
+def inputs_from_columns(inputs, input_infos) -> dict[str, np.ndarray]:
+    """FillTensorMapFromInputsMap: columnar format -> one array per named input."""
+    names = sorted(input_infos.keys())
+    if not isinstance(inputs, dict) or _is_b64(inputs):
+        if len(names) > 1:
+            raise invalid_argument("inputs is a plain value/list, but expecting an object as "
+                                   "multiple input tensors required as per tensorinfo_map")
+        return {names[0]: to_array(inputs, input_infos[names[0]].dtype)}
+    arrays = {}
+    for name in names:
+        if name not in inputs:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        arrays[name] = to_array(inputs[name], input_infos[name].dtype)
+    return arrays
+
+
+def predict_inputs(doc: dict, input_infos) -> tuple[str, dict[str, np.ndarray]]:
+    """FillPredictRequestFromJson after the signature is known: (format, arrays)."""
+    if "instances" in doc:
+        if "inputs" in doc:
+            raise invalid_argument(f"JSON Value: {debug_string(doc)} Not formatted correctly "
+                                   "expecting only one of 'inputs' or 'instances' keys to exist ")
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise invalid_argument(f"JSON Value: {debug_string(doc)} Expecting 'instances' to "
+                                   "be an list/array")
+        if not instances:
+            raise invalid_argument(f"JSON Value: {debug_string(doc)} No values in 'instances' "
+                                   "array")
+        return ROW, inputs_from_instances(instances, input_infos)
+    if "inputs" in doc:
+        return COLUMNAR, inputs_from_columns(doc["inputs"], input_infos)
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+# --- Examples (classify / regress) ------------------------------------------------------
+
+def _add_to_feature(value, name: str, feature) -> None:
+    kind = feature.WhichOneof("kind")
+
+    def check(expected: str) -> None:
+        if kind not in (None, expected):
+            label = {"bytes_list": "bytes", "float_list": "float",
+                     "int64_list": "int64"}.get(kind, "UNKNOWN")
+            raise invalid_argument(f"Unexpected element type in feature: {name} expecting "
+                                   f"type: {label}")
+
+    if value is None or isinstance(value, list) or (isinstance(value, dict)
+                                                    and not _is_b64(value)):
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: "
+                               f"{type_string(value)}")
+    if isinstance(value, bool):
+        check("int64_list")
+        feature.int64_list.value.append(int(value))
+    elif isinstance(value, dict):
+        check("bytes_list")
+        feature.bytes_list.value.append(decode_b64(value))
+    elif isinstance(value, str):
+        check("bytes_list")
+        feature.bytes_list.value.append(value.encode("utf-8"))
+    elif isinstance(value, float):
+        check("float_list")
+        feature.float_list.value.append(value)
+    else:
+        check("int64_list")
+        if value >= 2 ** 63:
+            raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is "
+                                   "supported.")
+        feature.int64_list.value.append(value)
+
+
+def example_from_json(value, example) -> None:
+    """MakeExampleFromJsonObject: {"feature": value or [values]} -> tf.Example."""
+    if not isinstance(value, dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {type_string(value)}")
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        feature.Clear()
+        for item in content if isinstance(content, list) else [content]:
+            _add_to_feature(item, name, feature)
+
+
+def fill_example_request(doc: dict, request) -> None:
+    """FillClassifyRegressRequestFromJson into a Classification/RegressionRequest."""
+    sig = signature_name(doc)
+    if sig:
+        request.model_spec.signature_name = sig
+    has_context = "context" in doc
+    if has_context:
+        example_from_json(doc["context"], request.input.example_list_with_context.context)
+    if "examples" not in doc:
+        raise invalid_argument(f"JSON Value: {debug_string(doc)} When method is classify, key "
+                               "'examples' is expected and was not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise invalid_argument(f"JSON Value: {debug_string(doc)} Expecting 'examples' value to "
+                               "be an list/array")
+    if not examples:
+        raise invalid_argument(f"JSON Value: {debug_string(doc)} 'examples' value is an empty "
+                               "array")
+    for value in examples:
+        target = (request.input.example_list_with_context.examples.add() if has_context
+                  else request.input.example_list.examples.add())
+        example_from_json(value, target)
+
+
+# --- Writing ----------------------------------------------------------------------------
+
+def format_decimal(value: float, digits: int) -> str:
+    """WriteDecimal: 6 significant digits if they round-trip, else max_digits10."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:.6g}"
+    parse = (lambda s: float(np.float32(s))) if digits == 9 else float
+    if parse(text) != value:
+        text = f"{value:.{digits}g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _string_json(value: bytes, as_bytes: bool) -> str:
+    if as_bytes:
+        return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+    return json.dumps(value.decode("utf-8", "replace"), ensure_ascii=False)
+
+
+def _leaf_writer(array: np.ndarray, as_bytes: bool):
+    kind = array.dtype
+    if kind == np.float32:
+        return lambda v: format_decimal(float(v), 9)
+    if kind == np.float64:
+        return lambda v: format_decimal(float(v), 17)
+    if kind == np.bool_:
+        return lambda v: "true" if v else "false"
+    if kind.kind in "OSU":
+        return lambda v: _string_json(v if isinstance(v, bytes) else str(v).encode(), as_bytes)
+    if kind.kind in "iu" and kind != np.uint16:
+        return lambda v: str(int(v))
+    names = {np.float16: "half", np.uint16: "uint16"}  # AddSingleValueAndAdvance refuses.
+    raise invalid_argument("Failed to write JSON value for tensor type: "
+                           f"{names.get(kind.type, kind.name)}")
+
+
+def _write(value, leaf) -> str:
+    if not isinstance(value, np.ndarray):
+        return leaf(value)
+    if value.ndim == 0:
+        return leaf(value[()])
+    if value.ndim == 1:
+        items = value.tolist() if value.dtype != object else list(value)
+        return "[" + ", ".join(leaf(v) for v in items) + "]"
+    return "[" + ", ".join(_write(sub, leaf) for sub in value) + "]"
+
+
+def _is_bytes_output(name: str, array: np.ndarray) -> bool:
+    return name.endswith("_bytes") and (array.dtype == object or array.dtype.kind == "S")
+
+
+def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
+    """MakeJsonFromTensors: {"predictions": [...]} (row) or {"outputs": ...} (columnar)."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    writers = {n: _leaf_writer(outputs[n], _is_bytes_output(n, outputs[n])) for n in names}
+    if fmt == COLUMNAR:
+        if len(names) == 1:
+            body = _write(outputs[names[0]], writers[names[0]])
+        else:
+            body = "{" + ", ".join(f"{json.dumps(n)}: {_write(outputs[n], writers[n])}"
+                                   for n in names) + "}"
+        return '{"outputs": ' + body + "}"
+    batch = None
+    for name in names:
+        array = outputs[name]
+        if array.ndim == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch is not None and array.shape[0] != batch:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
+                                   f"{array.shape[0]} expecting: {batch}")
+        batch = array.shape[0]
+    rows = []
+    for i in range(batch):
+        if len(names) == 1:
+            rows.append(_write(outputs[names[0]][i], writers[names[0]]))
+        else:
+            rows.append("{" + ", ".join(f"{json.dumps(n)}: {_write(outputs[n][i], writers[n])}"
+                                        for n in names) + "}")
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+def classify_response(result) -> str:
+    """MakeJsonFromClassificationResult: {"result": [[[label, score], ...], ...]}."""
+    if not result.classifications:
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+    rows = []
+    for classifications in result.classifications:
+        items = [f"[{json.dumps(c.label, ensure_ascii=False)}, {format_decimal(c.score, 9)}]"
+                 for c in classifications.classes]
+        rows.append("[" + ", ".join(items) + "]")
+    return '{"result": [' + ", ".join(rows) + "]}"
+
+
+def regress_response(result) -> str:
+    """MakeJsonFromRegressionResult: {"result": [value, ...]}."""
+    if not result.regressions:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    return '{"result": [' + ", ".join(format_decimal(r.value, 9)
+                                       for r in result.regressions) + "]}"
+
+
+def error_body(message: str) -> str:
+    """MakeJsonFromStatus: {"error": message}."""
+    return json.dumps({"error": message}, ensure_ascii=False)

@@ -1,0 +1,276 @@
+"""Test support: a tiny SavedModel shaped like the exported ones, and a server to run it.
+
+The conformance tests (tests/test_serving_*.py) run against the local server by default,
+or against any TF Serving when TFSERVING_ADDRESSES="grpc_host:port,http://host:port" is
+set. The real server then has to serve the same model, written by:
+
+    python -m serving.testing --out=/tmp/conformance
+    tensorflow_model_server --port=8500 --rest_api_port=8501 \
+        --model_config_file=/tmp/conformance/models.config \
+        --allow_version_labels_for_unavailable_models
+    TFSERVING_ADDRESSES=localhost:8500,http://localhost:8501 pytest tests/test_serving_*.py
+
+The model ("tiny") classifies the mean colour of an image into red/green/blue, with the
+signatures of export/signatures.py: serving_default (image_bytes), predict_images (images),
+classify (serialized tf.Example, method tensorflow/serving/classify), plus "multi" with
+several dtypes and a *_bytes output, and a warmup file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import socket
+import sys
+
+LABELS = ("red", "green", "blue")
+SIZE = 8
+TOP_K = 2
+MODEL_NAME = "tiny"
+ADDRESSES_ENV = "TFSERVING_ADDRESSES"
+
+
+def encode_png(rgb, size=(6, 4)) -> bytes:
+    """A solid-colour PNG."""
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[...] = rgb
+    return tf.io.encode_png(pixels).numpy()
+
+
+def encode_jpeg(rgb, size=(6, 4)) -> bytes:
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[...] = rgb
+    return tf.io.encode_jpeg(pixels, quality=95).numpy()
+
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+
+
+def save_tiny_model(path: str | os.PathLike, *, bias: float = 0.0, warmup: bool = True,
+                    classify_method: bool = True) -> pathlib.Path:
+    """Writes one version of the tiny model to path (a version directory)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
+
+    labels = tf.constant(list(LABELS))
+
+    def outputs(images):
+        mean = tf.reduce_mean(images, axis=[1, 2]) / 255.0  # [B, 3]
+        probabilities = tf.nn.softmax(mean * 8.0 + tf.constant([0.0, 0.0, bias]))
+        scores, ids = tf.math.top_k(probabilities, k=TOP_K)
+        return {"classes": tf.gather(labels, ids), "class_ids": tf.cast(ids, tf.int64),
+                "scores": scores, "probabilities": probabilities}
+
+    def decode(item):
+        data, index = item
+        magic = tf.strings.substr(data, 0, 2)
+        ok = tf.logical_or(tf.equal(magic, b"\xff\xd8"), tf.equal(magic, b"\x89P"))
+        with tf.control_dependencies([tf.debugging.Assert(
+                ok, [tf.strings.format("image {}: not a JPEG or PNG image", index)])]):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return tf.image.resize(tf.cast(image, tf.float32), [SIZE, SIZE])
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            count = tf.shape(image_bytes, out_type=tf.int64)[0]
+            images = tf.map_fn(decode, (image_bytes, tf.range(count)),
+                               fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
+            return outputs(images)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32,
+                                                    name="images")])
+        def predict_images(self, images):
+            return outputs(images)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs):
+            features = tf.io.parse_example(
+                inputs, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+            count = tf.shape(inputs, out_type=tf.int64)[0]
+            images = tf.map_fn(decode, (features["image/encoded"], tf.range(count)),
+                               fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
+            result = outputs(images)
+            return {"classes": result["classes"], "scores": result["scores"]}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.int64, name="n"),
+                                      tf.TensorSpec([None], tf.string, name="text")])
+        def multi(self, x, n, text):
+            return {"y": x * 2.0 + bias, "n_plus_one": n + 1,
+                    "echo_bytes": text, "upper": tf.strings.upper(text),
+                    "flag": tf.greater(n, 0), "d": tf.cast(x[:, 0], tf.float64) / 3.0}
+
+    module = Tiny()
+    path = pathlib.Path(path)
+    tf.saved_model.save(module, str(path), signatures={
+        "serving_default": module.serve.get_concrete_function(),
+        "predict_images": module.predict_images.get_concrete_function(),
+        "classify": module.classify.get_concrete_function(),
+        "multi": module.multi.get_concrete_function(),
+    })
+    if classify_method:
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        for meta_graph in saved.meta_graphs:
+            meta_graph.signature_def["classify"].method_name = "tensorflow/serving/classify"
+        (path / "saved_model.pb").write_bytes(saved.SerializeToString())
+    if warmup:
+        records = []
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+            name=MODEL_NAME, signature_name="serving_default"))
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(
+            [encode_png(COLOURS["red"]), encode_jpeg(COLOURS["blue"])], dtype=tf.string))
+        records.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)))
+        classify = classification_pb2.ClassificationRequest(model_spec=model_pb2.ModelSpec(
+            name=MODEL_NAME, signature_name="classify"))
+        example = classify.input.example_list.examples.add()
+        example.features.feature["image/encoded"].bytes_list.value.append(
+            encode_png(COLOURS["green"]))
+        records.append(prediction_log_pb2.PredictionLog(
+            classify_log=prediction_log_pb2.ClassifyLog(request=classify)))
+        (path / "assets.extra").mkdir(exist_ok=True)
+        with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as w:
+            for record in records:
+                w.write(record.SerializeToString())
+    return path
+
+
+MODELS_CONFIG = """model_config_list {{
+  config {{
+    name: "{name}"
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+}}
+"""
+
+
+def write_conformance_models(root: str | os.PathLike) -> pathlib.Path:
+    """Writes root/tiny/{1,2} and root/models.config; returns the config's path.
+
+    Version 2 leans to blue (bias 1 on its logit) and its "multi" answers y = 2x + 1.
+    """
+    root = pathlib.Path(root)
+    base = root / MODEL_NAME
+    save_tiny_model(base / "1")
+    save_tiny_model(base / "2", bias=1.0)
+    config = root / "models.config"
+    config.write_text(MODELS_CONFIG.format(name=MODEL_NAME, base=base.resolve()))
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where a server answers: gRPC "host:port" and REST "http://host:port"."""
+
+    grpc: str
+    rest: str
+    local: bool  # False when the tests talk to an external (real) TF Serving.
+
+
+def external_endpoint() -> Endpoint | None:
+    """TFSERVING_ADDRESSES="grpc_host:port,http://host:port", or None."""
+    value = os.environ.get(ADDRESSES_ENV, "").strip()
+    if not value:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    grpc_address = next((p for p in parts if not p.startswith("http")), None)
+    rest_address = next((p for p in parts if p.startswith("http")), None)
+    if not grpc_address or not rest_address:
+        raise ValueError(f"{ADDRESSES_ENV} must be 'grpc_host:port,http://host:port', got "
+                         f"{value!r}")
+    return Endpoint(grpc=grpc_address, rest=rest_address.rstrip("/"), local=False)
+
+
+@contextlib.contextmanager
+def local_server(**option_overrides):
+    """Starts serving.server.Server on free local ports; yields (server, Endpoint)."""
+    from serving import server as server_lib
+
+    options = dict(port=free_port(), rest_api_port=free_port(), host="127.0.0.1",
+                   file_system_poll_wait_seconds=1)
+    options.update(option_overrides)
+    server = server_lib.Server(server_lib.ServerOptions(**options))
+    server.start()
+    try:
+        yield server, Endpoint(grpc=f"127.0.0.1:{server.grpc_port}",
+                               rest=f"http://127.0.0.1:{server.rest_port}", local=True)
+    finally:
+        server.stop(grace=5)
+
+
+def _main(argv: list[str]) -> int:
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
+    if out is None:
+        print("usage: python -m serving.testing --out=DIR", file=sys.stderr)
+        return 2
+    print(write_conformance_models(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
+
+
+def cached_conformance_models(root: str | os.PathLike) -> pathlib.Path:
+    """write_conformance_models once per root (test modules share the session's copy)."""
+    import fcntl
+
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / ".done"
+        if not done.exists():
+            write_conformance_models(root)
+            done.write_text("ok")
+    return root / "models.config"
+
+
+@contextlib.contextmanager
+def conformance_endpoint(root: str | os.PathLike, **option_overrides):
+    """The external TF Serving named by TFSERVING_ADDRESSES, else a local server on the
+    conformance models (written under root once)."""
+    external = external_endpoint()
+    if external is not None:
+        yield None, external
+        return
+    options = dict(model_config_file=str(cached_conformance_models(root)),
+                   allow_version_labels_for_unavailable_models=True)
+    options.update(option_overrides)
+    with local_server(**options) as (server, endpoint):
+        yield server, endpoint
+
+
+def png_of_size(width: int, height: int, seed: int = 0) -> bytes:
+    """A noisy (incompressible) PNG, for large-message tests."""
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return tf.io.encode_png(pixels, compression=0).numpy()
+

@@ -1,0 +1,213 @@
+"""Server-side batching: the Batcher's rules, and concurrent requests merged by the server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from serving import testing
+from serving.batching import Batcher
+from serving.config import BatchingOptions
+from serving.errors import ServingError
+
+
+def options(**kwargs) -> BatchingOptions:
+    defaults = dict(max_batch_size=8, batch_timeout_micros=50_000, max_enqueued_batches=4,
+                    num_batch_threads=1)
+    defaults.update(kwargs)
+    return BatchingOptions(**defaults)
+
+
+class Recorder:
+    """A fake signature: doubles x, remembers every batch it ran."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.batches: list[int] = []
+        self.gate = gate
+
+    def __call__(self, inputs):
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2, "ids": np.arange(len(inputs["x"]))}
+
+
+def test_concurrent_tasks_merge_and_split_back():
+    run = Recorder()
+    batcher = Batcher(run, options())
+    try:
+        futures = [batcher.submit({"x": np.full((2, 3), i, np.float32)}) for i in range(3)]
+        results = [f.result(10) for f in futures]
+    finally:
+        batcher.stop()
+    assert run.batches == [6]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], np.full((2, 3), 2 * i, np.float32))
+        np.testing.assert_array_equal(result["ids"], [2 * i, 2 * i + 1])
+
+
+def test_padding_to_allowed_batch_sizes_is_cut_off():
+    run = Recorder()
+    batcher = Batcher(run, options(allowed_batch_sizes=(2, 4, 8)))
+    try:
+        result = batcher.submit({"x": np.ones((3, 1), np.float32)}).result(10)
+    finally:
+        batcher.stop()
+    assert run.batches == [4]
+    assert result["y"].shape == (3, 1)
+
+
+def test_a_task_over_max_batch_size_is_invalid():
+    batcher = Batcher(Recorder(), options(max_batch_size=4))
+    try:
+        with pytest.raises(ServingError) as info:
+            batcher.submit({"x": np.ones((5, 1), np.float32)})
+    finally:
+        batcher.stop()
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "larger than maximum input batch size 4" in info.value.message
+
+
+def test_full_queue_is_unavailable():
+    gate = threading.Event()
+    batcher = Batcher(Recorder(gate), options(max_batch_size=2, max_enqueued_batches=1,
+                                              batch_timeout_micros=0))
+    try:
+        first = batcher.submit({"x": np.ones((2, 1), np.float32)})  # Taken by the thread.
+        time.sleep(0.2)
+        queued = batcher.submit({"x": np.ones((2, 1), np.float32)})  # Waits in the queue.
+        with pytest.raises(ServingError) as info:
+            batcher.submit({"x": np.ones((2, 1), np.float32)})
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        gate.set()
+        assert first.result(10)["y"].shape == (2, 1)
+        assert queued.result(10)["y"].shape == (2, 1)
+    finally:
+        gate.set()
+        batcher.stop()
+
+
+def test_inputs_must_share_dim_0():
+    batcher = Batcher(Recorder(), options())
+    try:
+        with pytest.raises(ServingError, match="equal 0th-dimension size"):
+            batcher.submit({"x": np.ones((2, 1)), "z": np.ones((3, 1))})
+    finally:
+        batcher.stop()
+
+
+def test_incompatible_shapes_go_to_separate_batches():
+    run = Recorder()
+    batcher = Batcher(run, options())
+    try:
+        a = batcher.submit({"x": np.ones((1, 2), np.float32)})
+        b = batcher.submit({"x": np.ones((1, 3), np.float32)})
+        assert a.result(10)["y"].shape == (1, 2) and b.result(10)["y"].shape == (1, 3)
+    finally:
+        batcher.stop()
+    assert sorted(run.batches) == [1, 1]
+
+
+def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
+    if testing.external_endpoint() is not None:
+        pytest.skip("needs a server started with a known batching configuration")
+    config = testing.cached_conformance_models(
+        tmp_path_factory.getbasetemp() / "serving-conformance")
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 200000 } "
+                      "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 } "
+                      "allowed_batch_sizes: 4 allowed_batch_sizes: 8")
+    with testing.local_server(model_config_file=str(config), enable_batching=True,
+                              batching_parameters_file=str(params),
+                              allow_version_labels_for_unavailable_models=True,
+                              enable_model_warmup=False) as (server, endpoint):
+        channel = grpc.insecure_channel(endpoint.grpc)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call(i):
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+                name=testing.MODEL_NAME, signature_name="multi"))
+            request.model_spec.version.value = 1
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([[i, i]], dtype=tf.float32))
+            request.inputs["n"].CopyFrom(tf.make_tensor_proto([i], dtype=tf.int64))
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto([str(i).encode()]))
+            response = stub.Predict(request, timeout=30)
+            return (tf.make_ndarray(response.outputs["y"]), tf.make_ndarray(
+                response.outputs["n_plus_one"]), tf.make_ndarray(response.outputs["upper"]))
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(call, range(6)))
+        for i, (y, n, text) in enumerate(results):
+            np.testing.assert_array_equal(y, [[2 * i, 2 * i]])
+            np.testing.assert_array_equal(n, [i + 1])
+            assert text.tolist() == [str(i).encode()]
+        batches = server.metrics.processed_batch_size.count()
+        assert 1 <= batches < 6
+        assert server.metrics.input_batch_size.count() == 6
+        assert server.metrics.wrapped_run_count.value() == batches
+
+        too_big = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+            name=testing.MODEL_NAME, signature_name="predict_images"))
+        too_big.inputs["images"].CopyFrom(tf.make_tensor_proto(
+            np.zeros((9, testing.SIZE, testing.SIZE, 3), np.float32)))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(too_big, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Task size 9 is larger than maximum input batch size 8" in info.value.details()
+        channel.close()
+
+
+def test_cancelled_tasks_are_left_out_of_their_batch():
+    run = Recorder()
+    batcher = Batcher(run, options(batch_timeout_micros=300_000))
+    try:
+        gone = batcher.submit({"x": np.ones((3, 1), np.float32)})
+        kept = batcher.submit({"x": np.ones((2, 1), np.float32)})
+        assert gone.cancel()  # Its caller's deadline passed while it was queued.
+        assert kept.result(10)["y"].shape == (2, 1)
+    finally:
+        batcher.stop()
+    assert run.batches == [2]
+
+
+def test_deadline_while_queued_is_deadline_exceeded():
+    from serving.core import _remaining, request_deadline
+
+    with request_deadline(0.05):
+        time.sleep(0.06)
+        with pytest.raises(ServingError) as info:
+            _remaining()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    with request_deadline(None):
+        assert _remaining() is None
+
+
+def test_per_model_batching_parameters(tmp_path_factory, tmp_path):
+    if testing.external_endpoint() is not None:
+        pytest.skip("needs a server started with a known batching configuration")
+    import shutil
+
+    versions = tmp_path_factory.getbasetemp() / "serving-conformance"
+    testing.cached_conformance_models(versions)
+    base = tmp_path / "tiny"
+    shutil.copytree(versions / testing.MODEL_NAME / "1", base / "1")
+    (base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }")
+    with testing.local_server(model_name="tiny", model_base_path=str(base),
+                              enable_batching=True, enable_per_model_batching_parameters=True,
+                              ) as (_, endpoint):
+        with grpc.insecure_channel(endpoint.grpc) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+                name="tiny", signature_name="predict_images"))
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(
+                np.zeros((3, testing.SIZE, testing.SIZE, 3), np.float32)))
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, timeout=30)
+    assert "Task size 3 is larger than maximum input batch size 2" in info.value.details()
