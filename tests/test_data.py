@@ -272,7 +272,7 @@ def test_pipeline_drops_a_file_that_passes_the_fast_checks_but_fails_to_decode(t
     assert len(labels) == 9  # Dropped by ignore_errors; the epoch still completes.
     full = data.list_class_folders(tmp_path, data.DataConfig(val_fraction=0, full_check=True))
     assert [pathlib.Path(p).name for p, _ in full.skipped] == ["sneaky.jpg"]
-    assert full.skipped[0][1].startswith("not decodable")
+    assert full.skipped[0][1] == "corrupt or truncated header (JPEG, 306 bytes)"
 
 
 def test_jpeg_with_trailing_junk_is_kept(tmp_path):

@@ -189,9 +189,13 @@ def _read_head_tail(path: str) -> tuple[int, bytes, bytes]:
 def _decode_error(path: str) -> str | None:
     """Why the training decoder rejects a file, or None; the exact but slower check."""
     try:
-        preprocessing.decode_and_resize(tf.io.read_file(path), 1)
+        preprocessing.decode_and_resize(tf.io.read_file(path), 1, name="file")
     except tf.errors.InvalidArgumentError as e:
-        return f"not decodable ({e.message.splitlines()[0][:120]})"
+        message = e.message.splitlines()[0]
+        # The decoder's own guards already say what is wrong ("file: truncated JPEG (...)").
+        if message.startswith("file: "):
+            return message.removeprefix("file: ")[:160]
+        return f"not decodable ({message[:120]})"
     return None
 
 
@@ -234,7 +238,7 @@ def check_image_file(path: str, *, full: bool = False) -> str | None:
         return "not an image (no JPEG, PNG, GIF or BMP signature)"
     if full or not complete:
         error = _decode_error(path)
-        if error is not None and not complete:
+        if error is not None and not complete and not error.startswith("truncated"):
             return f"truncated {kind} ({error})"
         return error
     return None

@@ -1,0 +1,260 @@
+"""decode_and_resize rejects bad inputs before decoding, with messages naming the input.
+
+Every case is real encoded data, cut or patched the way uploads and hostile clients do it,
+and is checked alone (eagerly) and inside tf.map_fn in a tf.function, as the serving
+signature runs it, where the message must name the right index of the batch.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+from PIL import Image
+
+from train import preprocessing
+
+SIZE = 16
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, **kwargs) -> np.ndarray:
+    return preprocessing.decode_and_resize(tf.constant(data), SIZE, **kwargs).numpy()
+
+
+def photo_jpeg(**kwargs) -> bytes:
+    return encode(Image.fromarray(skimage.data.chelsea()), "JPEG", quality=90, **kwargs)
+
+
+def photo_png() -> bytes:
+    return encode(Image.fromarray(skimage.data.chelsea()), "PNG")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(side: int = 8000) -> bytes:
+    """A valid 8000 x 8000 grey PNG of 62 KB: 64 MP, 768 MB as float RGB once decoded."""
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # The filter type byte, then the pixels.
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b""))
+
+
+def with_size(data: bytes, width: int, height: int) -> bytes:
+    """`data` with the size in its header replaced (checksums left stale), as a bomb does."""
+    data = bytearray(data)
+    if data[:2] == b"\xff\xd8":
+        sof = data.index(b"\xff\xc0")  # PIL writes baseline JPEGs.
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    elif data[:4] == b"\x89PNG":
+        data[16:24] = struct.pack(">II", width, height)
+    elif data[:3] == b"GIF":
+        data[6:10] = struct.pack("<HH", width, height)
+    else:
+        data[18:26] = struct.pack("<ii", width, -height)
+    return bytes(data)
+
+
+def with_thumbnail_then_cut() -> bytes:
+    """A JPEG carrying a complete JPEG (with its FF D9) in APP1, cut in its own image data."""
+    thumbnail = encode(Image.new("RGB", (8, 8), "red"), "JPEG")
+    payload = b"Exif\0\0II*\0\x08\0\0\0\0\0" + thumbnail
+    data = photo_jpeg()
+    data = data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+    return data[:len(data) * 2 // 3]
+
+
+def cut_in_header() -> bytes:
+    data = photo_jpeg()
+    return data[:data.index(b"\xff\xc0") + 6]  # Inside the frame header.
+
+
+BAD = {
+    "empty": (lambda: b"", r"empty input \(0 bytes\)"),
+    "random_bytes": (
+        lambda: bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)),
+        r"data is not a JPEG, PNG, GIF or BMP image \([^)]*; 5000 bytes\)"),
+    "html": (lambda: b"<!DOCTYPE html><html>Not found</html>",
+             r"data is not a JPEG, PNG, GIF or BMP image"),
+    "webp": (lambda: encode(Image.new("RGB", (8, 8)), "WEBP"),
+             r"data is not a JPEG, PNG, GIF or BMP image"),
+    "jpeg_cut_in_header": (cut_in_header, r"corrupt or truncated header \(JPEG, \d+ bytes\)"),
+    "jpeg_cut_in_half": (lambda: photo_jpeg()[:len(photo_jpeg()) // 2],
+                         r"truncated JPEG \(no end-of-image marker; \d+ bytes\)"),
+    "progressive_jpeg_cut": (lambda: photo_jpeg(progressive=True)[:15000],
+                             r"truncated JPEG \(no end-of-image marker; 15000 bytes\)"),
+    "jpeg_with_thumbnail_cut": (with_thumbnail_then_cut, r"truncated JPEG"),
+    "jpeg_without_image_data": (lambda: b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+                                        b"\xff\xd9",
+                                r"corrupt or truncated header \(JPEG, 22 bytes\)"),
+    "png_cut": (lambda: photo_png()[:len(photo_png()) // 2],
+                r"truncated PNG \(no IEND chunk; \d+ bytes\)"),
+    "png_cut_in_header": (lambda: photo_png()[:20], r"corrupt or truncated header \(PNG, 20"),
+    "png_of_zero_width": (lambda: with_size(photo_png(), 0, 300),
+                          r"corrupt or truncated header \(PNG"),
+    "gif_signature_only": (lambda: b"GIF89a", r"corrupt or truncated header \(GIF, 6 bytes\)"),
+    "bmp_signature_only": (lambda: b"BM\0\0", r"corrupt or truncated header \(BMP, 4 bytes\)"),
+    "jpeg_declaring_60000x60000": (
+        lambda: with_size(photo_jpeg(), 60000, 60000),
+        r"60000x60000 pixels \(3600\.0 MP\) exceeds the limit of 50\.0 MP"),
+    "png_declaring_60000x60000": (
+        lambda: with_size(photo_png(), 60000, 60000),
+        r"60000x60000 pixels \(3600\.0 MP\) exceeds the limit of 50\.0 MP"),
+    "gif_declaring_65535x65535": (
+        lambda: with_size(encode(Image.new("RGB", (8, 8)), "GIF"), 65535, 65535),
+        r"65535x65535 pixels \(4294\.9 MP\) exceeds"),
+    "bmp_declaring_10000x10000": (
+        lambda: with_size(encode(Image.new("RGB", (8, 8)), "BMP"), 10000, 10000),
+        r"10000x10000 pixels \(100\.0 MP\) exceeds"),
+    "png_bomb": (png_bomb, r"8000x8000 pixels \(64\.0 MP\) exceeds the limit of 50\.0 MP"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs():
+    return {case: (make(), problem) for case, (make, problem) in BAD.items()}
+
+
+def test_the_bad_inputs_are_what_they_claim():
+    assert Image.open(io.BytesIO(png_bomb())).size == (8000, 8000)  # Valid, not just a header.
+    assert len(png_bomb()) < 100_000
+    with Image.open(io.BytesIO(BAD["webp"][0]())) as webp:
+        assert webp.format == "WEBP"
+    thumbnail_cut = with_thumbnail_then_cut()
+    scan = thumbnail_cut.rindex(b"\xff\xda")  # The main image's; the thumbnail has one too.
+    assert b"\xff\xd9" in thumbnail_cut[:scan] and b"\xff\xd9" not in thumbnail_cut[scan:]
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_fails_before_decoding_with_its_name_and_problem(bad_inputs, case):
+    data, problem = bad_inputs[case]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"cat\.jpg: {problem}"):
+        decode(data, name="cat.jpg")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image: {problem}"):
+        decode(data)  # The default name.
+    # No state survives a failure.
+    assert decode(photo_jpeg()).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_header_problem_is_reported_without_a_name(bad_inputs, case):
+    data, problem = bad_inputs[case]
+    header = preprocessing.read_image_header(tf.constant(data))
+    if "exceeds" in problem:  # The limit is decode_and_resize's; the header is fine.
+        assert header.problem.numpy() == b""
+        assert header.width.numpy() * header.height.numpy() > preprocessing.DEFAULT_MAX_PIXELS
+    else:
+        assert header.problem.numpy().decode().startswith(problem.split("\\")[0])
+
+
+@pytest.fixture(scope="module")
+def decode_batch():
+    """The serving signature's decode: tf.map_fn in a tf.function, each image named by index."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def decode_images(image_bytes):
+        count = tf.shape(image_bytes, out_type=tf.int64)[0]
+        return tf.map_fn(
+            lambda item: preprocessing.decode_and_resize(
+                item[0], SIZE, name=tf.strings.format("image {}", item[1])),
+            (image_bytes, tf.range(count)),
+            fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
+
+    return decode_images
+
+
+@pytest.mark.parametrize("index, case", [(i % 3 + 1, case) for i, case in enumerate(sorted(BAD))])
+def test_in_a_batch_the_error_names_the_bad_image(decode_batch, bad_inputs, index, case):
+    data, problem = bad_inputs[case]
+    good = [photo_jpeg(), photo_png(), encode(Image.new("L", (30, 20), 90), "GIF")]
+    batch = good[:index] + [data] + good[index:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image {index}: {problem}"):
+        decode_batch(tf.constant(batch))
+    # The next request is unaffected, and decodes as the eager function does.
+    pixels = decode_batch(tf.constant(good)).numpy()
+    np.testing.assert_array_equal(pixels, np.stack([decode(blob) for blob in good]))
+
+
+def test_tf_data_reports_the_problem_and_can_skip_the_bad_file():
+    blobs = [photo_jpeg(), b"", photo_png()]
+    ds = tf.data.Dataset.from_tensor_slices(blobs).map(
+        lambda blob: preprocessing.decode_and_resize(blob, SIZE))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image: empty input"):
+        list(ds)
+    assert len(list(ds.ignore_errors())) == 2
+
+
+# --- Valid inputs the guards must let through -------------------------------------------
+
+
+def test_a_jpeg_with_data_after_its_end_marker_decodes():
+    data = photo_jpeg()
+    # As motion photos append their video; nothing in it looks like FF D9.
+    trailer = b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 40
+    assert b"\xff\xd9" not in trailer
+    np.testing.assert_array_equal(decode(data + trailer), decode(data))
+    # A second JPEG appended (as MPF files hold a preview), ending in FF D9 itself.
+    np.testing.assert_array_equal(decode(data + photo_jpeg(progressive=True)), decode(data))
+
+
+def test_a_png_with_data_after_its_iend_chunk_decodes():
+    data = photo_png()
+    np.testing.assert_array_equal(decode(data + b"appended by some tool" * 50), decode(data))
+
+
+def test_max_pixels_is_inclusive_and_none_disables_it():
+    data = encode(Image.new("RGB", (40, 30), (200, 10, 10)), "JPEG")
+    assert decode(data, max_pixels=1200).shape == (SIZE, SIZE, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image: 40x30 pixels \(0\.1 MP\) exceeds the limit of 1199 pixels"):
+        decode(data, max_pixels=1199)
+    assert decode(data, max_pixels=None).shape == (SIZE, SIZE, 3)
+    # Above any default-limited size, the limit is honoured as given.
+    big = encode(Image.new("RGB", (3000, 2000)), "JPEG")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"3000x2000 pixels \(6\.0 MP\) exceeds the limit of 5\.9 MP"):
+        decode(big, max_pixels=5_999_999)
+    assert decode(big, max_pixels=None).shape == (SIZE, SIZE, 3)
+
+
+def test_max_pixels_none_also_works_in_a_graph():
+    graph = tf.function(lambda blob: preprocessing.decode_and_resize(blob, SIZE,
+                                                                     max_pixels=None))
+    np.testing.assert_array_equal(graph(tf.constant(photo_jpeg())).numpy(), decode(photo_jpeg()))
+
+
+# --- Bad arguments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_pixels": 0}, "max_pixels"), ({"max_pixels": -5}, "max_pixels"),
+    ({"max_pixels": 2.5e6}, "max_pixels"), ({"max_pixels": True}, "max_pixels"),
+    ({"jpeg_dct_scaling": "yes"}, "jpeg_dct_scaling"), ({"jpeg_dct_scaling": None},
+                                                         "jpeg_dct_scaling"),
+    ({"name": None}, "name"), ({"name": 3}, "name"), ({"name": tf.constant(["a", "b"])}, "name"),
+    ({"name": tf.constant(3)}, "name"),
+])
+def test_bad_arguments_are_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        preprocessing.decode_and_resize(tf.constant(photo_jpeg()), SIZE, **kwargs)
+
+
+def test_a_batch_instead_of_one_image_is_a_value_error():
+    with pytest.raises(ValueError, match="scalar"):
+        preprocessing.decode_and_resize(tf.constant([photo_jpeg()]), SIZE)
+    with pytest.raises(ValueError, match="scalar"):
+        preprocessing.read_image_header(tf.constant([photo_jpeg()]))
