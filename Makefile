@@ -28,25 +28,32 @@ system-deps:
 	  fi; \
 	fi
 
-# What exists so far: demo data, a weights check, training and evaluation. Export,
-# serving and the clients join as they land. Re-running reuses the data and the finished
+# What exists so far: demo data, a weights check, training, evaluation and export.
+# Serving and the clients join as they land. Re-running reuses the data and the finished
 # (or interrupted) training run in $(DEMO_DIR).
 DEMO_TRAIN_FLAGS ?= --image_size=96 --noaugment --phase1_epochs=5 --phase2_epochs=2 \
 	--phase2_warmup_epochs=0 --batch_size=32
 
 demo: venv system-deps
-	@echo "== 1/4 Fashion-MNIST as class-per-folder JPEGs in $(DEMO_DIR)/data"
+	@echo "== 1/5 Fashion-MNIST as class-per-folder JPEGs in $(DEMO_DIR)/data"
 	$(PY) -m train.datasets fashion_mnist --out=$(DEMO_DIR)/data --per_class=$(DEMO_PER_CLASS)
 	$(PY) -m train.datasets inspect --data_dir=$(DEMO_DIR)/data
-	@echo "== 2/4 Weights check: lite0 with its ImageNet head on two well-known photos"
+	@echo "== 2/5 Weights check: lite0 with its ImageNet head on two well-known photos"
 	$(PY) -m train.backbones classify --backbone=lite0 $$($(PY) -c 'import pathlib, skimage; \
 	  d = pathlib.Path(skimage.__file__).parent / "data"; print(d / "chelsea.png", d / "coffee.png")')
-	@echo "== 3/4 Two-phase fine-tuning of lite0 (a few minutes on 2 CPU cores)"
+	@echo "== 3/5 Two-phase fine-tuning of lite0 (a few minutes on 2 CPU cores)"
 	$(PY) -m train --data_dir=$(DEMO_DIR)/data --output_dir=$(DEMO_DIR)/model $(DEMO_TRAIN_FLAGS)
-	@echo "== 4/4 Evaluation on the held-out test split"
+	@echo "== 4/5 Evaluation on the held-out test split"
 	$(PY) -m train.evaluate --model_dir=$(DEMO_DIR)/model --data_dir=$(DEMO_DIR)/data
 	@echo "Training curves: $(DEMO_DIR)/model/training_curves.png"
-	@echo "Not built yet: export, serving and clients (see the open issues)."
+	@echo "== 5/5 Export as a TF Serving model (versioned SavedModel taking JPEG bytes)"
+	@versions=$$(ls $(DEMO_DIR)/models/fashion 2>/dev/null | grep -E '^[0-9]+$$' | sort -n); \
+	if [ -n "$$versions" ]; then \
+	  echo "Already exported: $(DEMO_DIR)/models/fashion/$$(echo "$$versions" | tail -1)"; \
+	else \
+	  $(PY) -m export --model_dir=$(DEMO_DIR)/model --export_base=$(DEMO_DIR)/models/fashion; \
+	fi
+	@echo "Not built yet: the local server and the clients (see the open issues)."
 
 test: venv
 	$(PY) -m pytest

@@ -1,0 +1,209 @@
+"""Exports a training run as a new, verified version under a TF Serving base path.
+
+Steps: load model.keras + labels.txt + config.json from the training run; build the
+serving signatures; save into a hidden staging dir next to the versions; mark the
+classify signature for TF Serving; write the warmup requests and export_config.json;
+load the staged SavedModel back, replay the warmup through it and compare its scores
+with the in-memory Keras model; only then rename it to BASE/N. Optionally prune old
+versions.
+
+Usage:
+    result = export_model(ExportConfig(model_dir="runs/cars", export_base="models/cars"))
+    print(result.path)  # models/cars/1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from export import publish, signatures, warmup
+from train import data as data_lib
+from train import preprocessing
+from train.config import load_config
+from train.evaluate import load_trained_model
+from train.trainer import CONFIG_FILE, LABELS_FILE, METRICS_FILE
+
+EXPORT_CONFIG_FILE = "export_config.json"
+WARMUP_IMAGE_COUNT = 8
+# The staged model must reproduce the Keras model's probabilities this closely.
+VERIFY_ATOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to export, where, and how the serving graph behaves.
+
+    Attributes:
+      model_dir: a finished training run (model.keras, labels.txt, config.json).
+      export_base: the TF Serving base path, e.g. models/cars; versions go in it.
+      version: the version number; None = one more than the newest published.
+      top_k: classes/scores per image in the predict and classify outputs.
+      keep_versions: after publishing, delete all but this many newest versions (0 = keep all).
+      max_pixels: reject images whose header declares more pixels, before decoding.
+      jpeg_dct_scaling: decode large JPEGs at 1/2..1/8 scale in the DCT domain.
+      warmup_images: encoded images for the warmup file; default: a few from the training
+        run's dataset if it is still there, else a synthetic photo.
+      warmup_batch_sizes: batch sizes of the warmup requests.
+    """
+
+    model_dir: str
+    export_base: str
+    version: int | None = None
+    top_k: int = 5
+    keep_versions: int = 0
+    max_pixels: int | None = preprocessing.DEFAULT_MAX_PIXELS
+    jpeg_dct_scaling: bool = True
+    warmup_images: tuple[str, ...] = ()
+    warmup_batch_sizes: tuple[int, ...] = (1, 8)
+
+    def validated(self) -> ExportConfig:
+        if not self.model_dir or not self.export_base:
+            raise ValueError("model_dir and export_base are required")
+        if self.version is not None:
+            publish.check_new_version(self.export_base, self.version)
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.keep_versions < 0:
+            raise ValueError(f"keep_versions must be >= 0, got {self.keep_versions}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
+            raise ValueError(f"warmup batch sizes must be positive: {self.warmup_batch_sizes}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: pathlib.Path
+    version: int
+    pruned: list[int]
+    metadata: dict
+
+
+def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> ExportResult:
+    """Exports config.model_dir as a new version of config.export_base.
+
+    Args:
+      config: a validated ExportConfig.
+      model: the run's Keras model if already in memory (else loaded from model_dir).
+
+    Returns:
+      The published version's path and number, pruned versions and the metadata written.
+
+    Raises:
+      ValueError: a missing or inconsistent training run, an existing version, or a
+        staged model that does not reproduce the Keras model (nothing is published).
+    """
+    model_dir = pathlib.Path(config.model_dir)
+    for name in (CONFIG_FILE, LABELS_FILE):
+        if not (model_dir / name).is_file():
+            raise ValueError(f"{model_dir / name} not found: is {model_dir} a finished run?")
+    train_config, resolved = load_config(model_dir / CONFIG_FILE)
+    labels = data_lib.read_labels(model_dir / LABELS_FILE)
+    image_size = int(resolved["image_size"])
+    model = model if model is not None else load_trained_model(model_dir)
+
+    base = pathlib.Path(config.export_base)
+    for stale in publish.remove_stale_staging(base):
+        logging.info("Removed %s, left by an export that crashed", stale)
+    version = config.version if config.version is not None else publish.next_version(base)
+    publish.check_new_version(base, version)
+
+    module = signatures.ServingModule(
+        model, labels=labels, image_size=image_size, top_k=config.top_k,
+        max_pixels=config.max_pixels, jpeg_dct_scaling=config.jpeg_dct_scaling,
+        labels_file=str(model_dir / LABELS_FILE))
+    images = _warmup_images(config, train_config.data_dir)
+    records = warmup.build_warmup_records(images, model_name=base.name,
+                                          batch_sizes=config.warmup_batch_sizes)
+    metadata = _metadata(config, train_config, labels, image_size, module, version, model_dir)
+
+    with publish.staging_dir(base) as staging:
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        publish.set_method_names(staging, {signatures.CLASSIFY: signatures.CLASSIFY_METHOD})
+        warmup.write_warmup_file(staging / warmup.WARMUP_FILE, records)
+        (staging / EXPORT_CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        _verify(staging, model, records, images, image_size, config)
+        path = publish.publish(staging, base, version)
+    pruned = publish.prune_versions(base, config.keep_versions) if config.keep_versions else []
+    return ExportResult(path=path, version=version, pruned=pruned, metadata=metadata)
+
+
+def _warmup_images(config: ExportConfig, data_dir: str) -> list[bytes]:
+    """Encoded images shaped like real traffic: given files, the run's data, or synthetic."""
+    if config.warmup_images:
+        return [pathlib.Path(p).read_bytes() for p in config.warmup_images]
+    try:
+        listing = data_lib.list_class_folders(data_dir)
+    except (ValueError, OSError):
+        listing = None  # The dataset may not travel with the trained model.
+    if listing is not None:
+        split = listing.splits.get("test") or listing.splits.get("val") or listing.splits["train"]
+        # Spread over the classes rather than the first folder's files.
+        step = max(1, len(split.paths) // WARMUP_IMAGE_COUNT)
+        paths = list(split.paths)[::step][:WARMUP_IMAGE_COUNT]
+        if paths:
+            return [pathlib.Path(p).read_bytes() for p in paths]
+    return [warmup.synthetic_photo()]
+
+
+def _verify(staging: pathlib.Path, model: keras.Model, records, images: list[bytes],
+            image_size: int, config: ExportConfig) -> None:
+    """Loads the staged SavedModel, replays the warmup and checks it against Keras."""
+    loaded = tf.saved_model.load(str(staging))
+    warmup.replay_warmup(loaded, records)
+    batch = tf.constant(images)
+    served = loaded.signatures[signatures.SERVING_DEFAULT](
+        **{signatures.IMAGE_BYTES_INPUT: batch})[signatures.PROBABILITIES].numpy()
+    pixels = tf.stack([preprocessing.decode_and_resize(
+        image, image_size, max_pixels=config.max_pixels,
+        jpeg_dct_scaling=config.jpeg_dct_scaling) for image in images])
+    expected = np.asarray(model(pixels, training=False), dtype=np.float32)
+    worst = float(np.max(np.abs(served - expected)))
+    if worst > VERIFY_ATOL:
+        raise ValueError(f"the exported model's probabilities differ from the Keras model's by "
+                         f"{worst:.2e} (> {VERIFY_ATOL}); nothing was published")
+
+
+def _metadata(config: ExportConfig, train_config, labels: list[str], image_size: int,
+              module: signatures.ServingModule, version: int, model_dir: pathlib.Path) -> dict:
+    metrics_path = model_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return {
+        "model_name": pathlib.Path(config.export_base).name,
+        "version": version,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "source_model_dir": str(model_dir.resolve()),
+        "backbone": train_config.backbone,
+        "image_size": image_size,
+        "num_classes": len(labels),
+        "labels_file": "assets/" + LABELS_FILE,
+        "top_k": module.top_k,
+        "preprocessing": {
+            "decode": "JPEG/PNG/GIF/BMP in the graph, EXIF orientation applied, RGB",
+            "resize": f"bilinear antialiased squash to {image_size}x{image_size}",
+            "jpeg_dct_scaling": config.jpeg_dct_scaling,
+            "max_pixels": config.max_pixels,
+            "pixel_range": "0..255 float32; normalisation inside the model",
+        },
+        "signatures": {
+            signatures.SERVING_DEFAULT: {"method": signatures.PREDICT_METHOD,
+                                         "inputs": [signatures.IMAGE_BYTES_INPUT]},
+            signatures.PREDICT_IMAGES: {"method": signatures.PREDICT_METHOD,
+                                        "inputs": [signatures.IMAGES_INPUT]},
+            signatures.CLASSIFY: {"method": signatures.CLASSIFY_METHOD,
+                                  "inputs": [signatures.CLASSIFY_INPUT],
+                                  "example_feature": signatures.EXAMPLE_IMAGE_FEATURE},
+        },
+        "training": {"config": dataclasses.asdict(train_config), "metrics": metrics},
+    }
