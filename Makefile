@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 DEMO_PER_CLASS ?= 300
+DEMO_GRPC_PORT ?= 8500
+DEMO_REST_PORT ?= 8501
 # Keep the demo output readable (TensorFlow start-up chatter).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -28,32 +30,52 @@ system-deps:
 	  fi; \
 	fi
 
-# What exists so far: demo data, a weights check, training, evaluation and export.
-# Serving and the clients join as they land. Re-running reuses the data and the finished
+# Demo data, a weights check, training, evaluation, export, then the local server
+# answering the clients and curl. Re-running reuses the data and the finished
 # (or interrupted) training run in $(DEMO_DIR).
 DEMO_TRAIN_FLAGS ?= --image_size=96 --noaugment --phase1_epochs=5 --phase2_epochs=2 \
 	--phase2_warmup_epochs=0 --batch_size=32
 
 demo: venv system-deps
-	@echo "== 1/5 Fashion-MNIST as class-per-folder JPEGs in $(DEMO_DIR)/data"
+	@echo "== 1/6 Fashion-MNIST as class-per-folder JPEGs in $(DEMO_DIR)/data"
 	$(PY) -m train.datasets fashion_mnist --out=$(DEMO_DIR)/data --per_class=$(DEMO_PER_CLASS)
 	$(PY) -m train.datasets inspect --data_dir=$(DEMO_DIR)/data
-	@echo "== 2/5 Weights check: lite0 with its ImageNet head on two well-known photos"
+	@echo "== 2/6 Weights check: lite0 with its ImageNet head on two well-known photos"
 	$(PY) -m train.backbones classify --backbone=lite0 $$($(PY) -c 'import pathlib, skimage; \
 	  d = pathlib.Path(skimage.__file__).parent / "data"; print(d / "chelsea.png", d / "coffee.png")')
-	@echo "== 3/5 Two-phase fine-tuning of lite0 (a few minutes on 2 CPU cores)"
+	@echo "== 3/6 Two-phase fine-tuning of lite0 (a few minutes on 2 CPU cores)"
 	$(PY) -m train --data_dir=$(DEMO_DIR)/data --output_dir=$(DEMO_DIR)/model $(DEMO_TRAIN_FLAGS)
-	@echo "== 4/5 Evaluation on the held-out test split"
+	@echo "== 4/6 Evaluation on the held-out test split"
 	$(PY) -m train.evaluate --model_dir=$(DEMO_DIR)/model --data_dir=$(DEMO_DIR)/data
 	@echo "Training curves: $(DEMO_DIR)/model/training_curves.png"
-	@echo "== 5/5 Export as a TF Serving model (versioned SavedModel taking JPEG bytes)"
+	@echo "== 5/6 Export as a TF Serving model (versioned SavedModel taking JPEG bytes)"
 	@versions=$$(ls $(DEMO_DIR)/models/fashion 2>/dev/null | grep -E '^[0-9]+$$' | sort -n); \
 	if [ -n "$$versions" ]; then \
 	  echo "Already exported: $(DEMO_DIR)/models/fashion/$$(echo "$$versions" | tail -1)"; \
 	else \
 	  $(PY) -m export --model_dir=$(DEMO_DIR)/model --export_base=$(DEMO_DIR)/models/fashion; \
 	fi
-	@echo "Not built yet: the local server and the clients (see the open issues)."
+	@echo "== 6/6 Local TF-Serving-compatible server; held-out images over gRPC, REST and curl"
+	@$(PY) -m serving --port=$(DEMO_GRPC_PORT) --rest_api_port=$(DEMO_REST_PORT) \
+	  --model_name=fashion --model_base_path=$(abspath $(DEMO_DIR))/models/fashion \
+	  > $(DEMO_DIR)/server.log 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server; echo "Server stopped (log: $(DEMO_DIR)/server.log)"' EXIT; \
+	for i in $$(seq 300); do \
+	  $(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
+	    2>/dev/null | grep -q AVAILABLE && break; \
+	  kill -0 $$server 2>/dev/null || { echo "server failed:"; tail -5 $(DEMO_DIR)/server.log; exit 1; }; \
+	  sleep 1; \
+	done; \
+	images=$$(find $(DEMO_DIR)/data/test -name '*.jpg' | sort | awk 'NR % 300 == 1'); \
+	echo "-- gRPC (clients library)"; \
+	$(PY) -m clients predict --server=grpc://localhost:$(DEMO_GRPC_PORT) --model=fashion \
+	  --top_k=2 --progress=off $$images || exit 1; \
+	echo "-- REST (clients library)"; \
+	$(PY) -m clients predict --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
+	  --top_k=2 --progress=off $$images || exit 1; \
+	echo "-- curl (clients/examples/predict_row.sh)"; \
+	SERVER=http://localhost:$(DEMO_REST_PORT) MODEL=fashion \
+	  clients/examples/predict_row.sh $$(echo "$$images" | head -1) | cut -c1-160; echo
 
 test: venv
 	$(PY) -m pytest
