@@ -67,6 +67,18 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+def _wait_before_retry(error: errors.ClientError, retry: int, policy: RetryPolicy,
+                      deadline: float | None) -> float:
+    """Seconds to wait before retry number `retry`; re-raises error when not to retry."""
+    if not errors.is_retryable(error) or retry + 1 >= policy.max_attempts:
+        raise error
+    wait = policy.backoff(retry)
+    remaining = _remaining(deadline)
+    if remaining is not None and remaining <= wait:
+        raise error  # No time left for another attempt: the real error is more useful.
+    return wait
+
+
 def call(attempt: Callable[[float | None], T], policy: RetryPolicy,
          timeout: float | None) -> T:
     """Runs attempt(remaining_timeout) until it succeeds, fails for good, or time is up."""
@@ -76,13 +88,7 @@ def call(attempt: Callable[[float | None], T], policy: RetryPolicy,
         try:
             return attempt(_remaining(deadline))
         except errors.ClientError as error:
-            if not errors.is_retryable(error) or retry + 1 >= policy.max_attempts:
-                raise
-            wait = policy.backoff(retry)
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= wait:
-                raise  # No time left for another attempt: the real error is more useful.
-            time.sleep(wait)
+            time.sleep(_wait_before_retry(error, retry, policy, deadline))
             retry += 1
 
 
@@ -97,11 +103,5 @@ async def call_async(attempt: Callable[[float | None], Awaitable[T]], policy: Re
         try:
             return await attempt(_remaining(deadline))
         except errors.ClientError as error:
-            if not errors.is_retryable(error) or retry + 1 >= policy.max_attempts:
-                raise
-            wait = policy.backoff(retry)
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= wait:
-                raise
-            await asyncio.sleep(wait)
+            await asyncio.sleep(_wait_before_retry(error, retry, policy, deadline))
             retry += 1
