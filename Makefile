@@ -10,7 +10,7 @@ DEMO_REST_PORT ?= 8501
 # Keep the demo output readable (TensorFlow start-up chatter).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test lint venv system-deps clean
+.PHONY: demo demo-rollout test lint venv system-deps clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ system-deps:
 DEMO_TRAIN_FLAGS ?= --image_size=96 --noaugment --phase1_epochs=5 --phase2_epochs=2 \
 	--phase2_warmup_epochs=0 --batch_size=32
 
+# Starts the local server on the demo model in the background and waits until a version
+# is AVAILABLE; the EXIT trap stops it when the recipe line ends, however it ends. Use it
+# at the start of a recipe line that continues with a backslash.
+define start_demo_server
+$(PY) -m serving --port=$(DEMO_GRPC_PORT) --rest_api_port=$(DEMO_REST_PORT) \
+  --model_name=fashion --model_base_path=$(abspath $(DEMO_DIR))/models/fashion \
+  > $(DEMO_DIR)/server.log 2>&1 & server=$$!; \
+trap 'kill $$server 2>/dev/null; wait $$server; echo "Server stopped (log: $(DEMO_DIR)/server.log)"' EXIT; \
+for i in $$(seq 300); do \
+  $(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
+    2>/dev/null | grep -q AVAILABLE && break; \
+  kill -0 $$server 2>/dev/null || { echo "server failed:"; tail -5 $(DEMO_DIR)/server.log; exit 1; }; \
+  sleep 1; \
+done;
+endef
+
 demo: venv system-deps
 	@echo "== 1/6 Fashion-MNIST as class-per-folder JPEGs in $(DEMO_DIR)/data"
 	$(PY) -m train.datasets fashion_mnist --out=$(DEMO_DIR)/data --per_class=$(DEMO_PER_CLASS)
@@ -56,16 +72,7 @@ demo: venv system-deps
 	  $(PY) -m export --model_dir=$(DEMO_DIR)/model --export_base=$(DEMO_DIR)/models/fashion; \
 	fi
 	@echo "== 6/6 Local TF-Serving-compatible server; held-out images over gRPC, REST and curl"
-	@$(PY) -m serving --port=$(DEMO_GRPC_PORT) --rest_api_port=$(DEMO_REST_PORT) \
-	  --model_name=fashion --model_base_path=$(abspath $(DEMO_DIR))/models/fashion \
-	  > $(DEMO_DIR)/server.log 2>&1 & server=$$!; \
-	trap 'kill $$server 2>/dev/null; wait $$server; echo "Server stopped (log: $(DEMO_DIR)/server.log)"' EXIT; \
-	for i in $$(seq 300); do \
-	  $(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
-	    2>/dev/null | grep -q AVAILABLE && break; \
-	  kill -0 $$server 2>/dev/null || { echo "server failed:"; tail -5 $(DEMO_DIR)/server.log; exit 1; }; \
-	  sleep 1; \
-	done; \
+	@$(start_demo_server) \
 	images=$$(find $(DEMO_DIR)/data/test -name '*.jpg' | sort | awk 'NR % 300 == 1'); \
 	echo "-- gRPC (clients library)"; \
 	$(PY) -m clients predict --server=grpc://localhost:$(DEMO_GRPC_PORT) --model=fashion \
@@ -76,6 +83,28 @@ demo: venv system-deps
 	echo "-- curl (clients/examples/predict_row.sh)"; \
 	SERVER=http://localhost:$(DEMO_REST_PORT) MODEL=fashion \
 	  clients/examples/predict_row.sh $$(echo "$$images" | head -1) | cut -c1-160; echo
+
+# After `make demo`: the running server picks up a newly exported version without a
+# restart (it polls the base path, warms the new version up, then retires the old one).
+demo-rollout: venv
+	@test -d $(DEMO_DIR)/models/fashion || { echo "run make demo first"; exit 1; }
+	@$(start_demo_server) \
+	image=$$(find $(DEMO_DIR)/data/test -name '*.jpg' | sort | head -1); \
+	echo "-- serving now:"; \
+	$(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion; \
+	echo "-- exporting the next version while the server runs (keeping the newest 2)"; \
+	$(PY) -m export --model_dir=$(DEMO_DIR)/model --export_base=$(DEMO_DIR)/models/fashion \
+	  --keep_versions=2 || exit 1; \
+	newest=$$(ls $(DEMO_DIR)/models/fashion | grep -E '^[0-9]+$$' | sort -n | tail -1); \
+	for i in $$(seq 120); do \
+	  $(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
+	    --version=$$newest 2>/dev/null | grep -q AVAILABLE && break; \
+	  sleep 1; \
+	done; \
+	echo "-- serving after the export (no restart):"; \
+	$(PY) -m clients status --server=http://localhost:$(DEMO_REST_PORT) --model=fashion; \
+	$(PY) -m clients predict --server=grpc://localhost:$(DEMO_GRPC_PORT) --model=fashion \
+	  --version=$$newest --top_k=2 --progress=off $$image
 
 test: venv
 	$(PY) -m pytest
