@@ -15,7 +15,8 @@ handles failures once:
 
 Mapping (TF Serving's own status-to-HTTP table, http_server.cc): INVALID_ARGUMENT and
 FAILED_PRECONDITION are 400 over REST, so both become InvalidInputError; NOT_FOUND 404;
-UNAVAILABLE 503 and RESOURCE_EXHAUSTED 429 are both "try again later" (UnavailableError);
+UNAVAILABLE 503 and RESOURCE_EXHAUSTED 429 are both "try again later" (UnavailableError),
+but 413 (a body over the server's limit) is InvalidInputError: resending cannot help;
 DEADLINE_EXCEEDED 504 (also a client-side timeout); UNIMPLEMENTED 501; the rest
 ServerError.
 """
@@ -109,6 +110,10 @@ def from_code(code: str | int, message: str, *, http_status: int | None = None) 
 def from_http(status: int, message: str) -> ClientError:
     """The typed error for an HTTP error status and the server's {"error": ...} message."""
     name = _HTTP_CODES.get(status)
+    if status == 413:
+        # Payload Too Large: the body exceeds the server's limit, so resending it can never
+        # succeed (as gRPC's own "larger than max" in grpc_client.error_from_rpc).
+        return InvalidInputError(message, code=name, http_status=status)
     if name is None:
         name = "INVALID_ARGUMENT" if 400 <= status < 500 else "INTERNAL"
     return from_code(name, message, http_status=status)
