@@ -20,13 +20,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Offline demo data (Fashion-MNIST) comes from Debian's dataset-fashion-mnist package.
+# Offline demo data (Fashion-MNIST) comes from Debian's dataset-fashion-mnist package; the
+# demo's last step calls the server with curl.
 system-deps:
-	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="dataset-fashion-mnist"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
-	    echo "note: Debian package dataset-fashion-mnist not installed; the demo will try the online download"; \
+	    echo "note: not installed: $$missing (Fashion-MNIST then comes from the online download)"; \
 	  fi; \
 	fi
 
@@ -81,8 +85,10 @@ demo: venv system-deps
 	$(PY) -m clients predict --server=http://localhost:$(DEMO_REST_PORT) --model=fashion \
 	  --top_k=2 --progress=off $$images || exit 1; \
 	echo "-- curl (clients/examples/predict_row.sh)"; \
-	SERVER=http://localhost:$(DEMO_REST_PORT) MODEL=fashion \
-	  clients/examples/predict_row.sh $$(echo "$$images" | head -1) | cut -c1-160; echo
+	if command -v curl >/dev/null; then \
+	  SERVER=http://localhost:$(DEMO_REST_PORT) MODEL=fashion \
+	    clients/examples/predict_row.sh $$(echo "$$images" | head -1) | cut -c1-160; echo; \
+	else echo "curl is not installed: skipped"; fi
 
 # After `make demo`: the running server picks up a newly exported version without a
 # restart (it polls the base path, warms the new version up, then retires the old one).
