@@ -6,16 +6,15 @@ server cannot show (metadata/headers received, retries, TLS).
 from __future__ import annotations
 
 import asyncio
-import http.server
 import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import threading
 
 import grpc
+import http_stub
 import numpy as np
 import pytest
 from PIL import Image
@@ -316,26 +315,12 @@ def test_rest_retries_503_and_429_sends_headers_and_reports_messages():
                (200, {"outputs": {"classes": [["cat"]], "scores": [[0.5]]}}),
                (400, {"error": "image 0: bad"})]
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming.
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(dict(self.headers))
-            status, body = answers.pop(0)
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(method, path, headers, body):
+        seen.append(headers)
+        return answers.pop(0)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with RestClient(f"http://127.0.0.1:{server.server_port}", "m", retry=FAST_RETRY,
+    with http_stub.json_server(answer) as port:
+        with RestClient(f"http://127.0.0.1:{port}", "m", retry=FAST_RETRY,
                         headers={"Authorization": "Bearer t"}) as client:
             assert client.predict([RED])[0].label == "cat"
             assert len(seen) == 3 and seen[-1]["Authorization"] == "Bearer t"
@@ -343,9 +328,6 @@ def test_rest_retries_503_and_429_sends_headers_and_reports_messages():
                 client.predict([RED], headers={"X-Request-Id": "7"})
             assert info.value.message == "image 0: bad" and info.value.http_status == 400
             assert seen[-1]["X-Request-Id"] == "7" and len(seen) == 4
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 COMPAT_ENV = "CLIENTS_COMPAT_PYTHONS"

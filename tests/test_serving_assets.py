@@ -11,9 +11,7 @@ health check script runs against a local stand-in HTTP server.
 from __future__ import annotations
 
 import configparser
-import contextlib
 import dataclasses
-import http.server
 import json
 import pathlib
 import re
@@ -22,8 +20,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 
+import http_stub
 import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -536,33 +534,12 @@ _FAILED = {"model_version_status": [
 _NOT_FOUND = {"error": "Servable not found for request: Latest(effnet)"}
 
 
-@contextlib.contextmanager
 def _fake_rest_server(status: int, body: dict):
     """Answers GET /v1/models/effnet like TF Serving's REST API; anything else is 404."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def answer(method, path, headers, request_body):
+        return (status, body) if path == f"/v1/models/{MODEL_NAME}" else (404, _NOT_FOUND)
 
-        def do_GET(self):
-            code, payload = (status, body) if self.path == f"/v1/models/{MODEL_NAME}" else (
-                404, _NOT_FOUND)
-            data = json.dumps(payload, indent=2).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    return http_stub.json_server(answer)
 
 
 def _run_healthcheck(port: int, *args: str) -> subprocess.CompletedProcess:
