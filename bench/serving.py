@@ -4,8 +4,9 @@
     python -m bench.serving --image_size=96 --duration=8 --json=serving.json
 
 Side by side in one run, on one SavedModel (export.signatures, 640x480 photo-like JPEG,
-one image per request): the in-process ceiling (the loaded signature called directly at
-batch 1 and at a batch as large as the highest concurrency), then the local server
+one image per request): the in-process ceiling (the version loaded into a TF1 session as
+TF Serving and the local server load it, export/session.py, and its signature run directly
+at batch 1 and at a batch as large as the highest concurrency), then the local server
 (`python -m serving`, a separate process) at concurrency 1, 4 and 16 over gRPC and REST
 with the clients library, without and with --enable_batching (BENCH_BATCHING below by
 default). Load generator and server share this machine's cores; the load generator's CPU
@@ -60,8 +61,6 @@ def _free_port() -> int:
 
 def save_model(base: str, image_size: int) -> bytes:
     """Writes base/1 (lite0 + serving signatures + warmup); returns the request JPEG."""
-    import tensorflow as tf
-
     from export import signatures, warmup
     from train import backbones
     from train.backbones import imagenet
@@ -71,7 +70,7 @@ def save_model(base: str, image_size: int) -> bytes:
     module = signatures.ServingModule(model, labels=imagenet.class_names(),
                                       image_size=image_size)
     path = os.path.join(base, "1")
-    tf.saved_model.save(module, path, signatures=module.signatures())
+    module.save(path)
     image = warmup.synthetic_photo(640, 480)
     warmup.write_warmup_file(os.path.join(path, warmup.WARMUP_FILE),
                              warmup.build_warmup_records([image], model_name=MODEL_NAME,
@@ -80,19 +79,21 @@ def save_model(base: str, image_size: int) -> bytes:
 
 
 def in_process(base: str, image: bytes, batch: int, duration: float) -> dict:
-    """Images/s of the loaded signature called directly: batch 1 and batch `batch`."""
-    import tensorflow as tf
+    """Images/s of the session-loaded signature run directly: batch 1 and batch `batch`."""
+    import numpy as np
 
-    function = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    from export import session, signatures
+
     results = {}
-    for size in (1, batch):
-        request = tf.constant([image] * size)
-        function(image_bytes=request)
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < duration / 2:
-            function(image_bytes=request)
-            calls += 1
-        results[f"batch_{size}"] = calls * size / (time.perf_counter() - start)
+    with session.load(os.path.join(base, "1")) as model:
+        for size in (1, batch):
+            request = {signatures.IMAGE_BYTES_INPUT: np.array([image] * size, dtype=object)}
+            model.run(signatures.SERVING_DEFAULT, request)
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < duration / 2:
+                model.run(signatures.SERVING_DEFAULT, request)
+                calls += 1
+            results[f"batch_{size}"] = calls * size / (time.perf_counter() - start)
     return results
 
 

@@ -3,9 +3,9 @@
 Steps: load model.keras + labels.txt + config.json from the training run; build the
 serving signatures; save into a hidden staging dir next to the versions; mark the
 classify signature for TF Serving; write the warmup requests and export_config.json;
-load the staged SavedModel back, replay the warmup through it and compare its scores
-with the in-memory Keras model; only then rename it to BASE/N. Optionally prune old
-versions.
+load the staged SavedModel back the way TF Serving loads it (a TF1 session bundle, see
+export/session.py), replay the warmup through it and compare its scores and labels with
+the in-memory Keras model; only then rename it to BASE/N. Optionally prune old versions.
 
 Usage:
     result = export_model(ExportConfig(model_dir="runs/cars", export_base="models/cars"))
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from export import publish, signatures, warmup
+from export import publish, session, signatures, warmup
 from train import data as data_lib
 from train import preprocessing
 from train.config import load_config
@@ -127,11 +127,11 @@ def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> E
     metadata = _metadata(config, train_config, labels, image_size, module, version, model_dir)
 
     with publish.staging_dir(base) as staging:
-        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        module.save(staging)
         publish.set_method_names(staging, {signatures.CLASSIFY: signatures.CLASSIFY_METHOD})
         warmup.write_warmup_file(staging / warmup.WARMUP_FILE, records)
         (staging / EXPORT_CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        _verify(staging, model, records, images, image_size, config)
+        _verify(staging, model, records, images, image_size, config, labels)
         path = publish.publish(staging, base, version)
     pruned = publish.prune_versions(base, config.keep_versions) if config.keep_versions else []
     return ExportResult(path=path, version=version, pruned=pruned, metadata=metadata)
@@ -156,21 +156,37 @@ def _warmup_images(config: ExportConfig, data_dir: str) -> list[bytes]:
 
 
 def _verify(staging: pathlib.Path, model: keras.Model, records, images: list[bytes],
-            image_size: int, config: ExportConfig) -> None:
-    """Loads the staged SavedModel, replays the warmup and checks it against Keras."""
-    loaded = tf.saved_model.load(str(staging))
-    warmup.replay_warmup(loaded, records)
-    batch = tf.constant(images)
-    served = loaded.signatures[signatures.SERVING_DEFAULT](
-        **{signatures.IMAGE_BYTES_INPUT: batch})[signatures.PROBABILITIES].numpy()
+            image_size: int, config: ExportConfig, labels: list[str]) -> None:
+    """Loads the staged SavedModel as TF Serving does, replays the warmup, checks the answers.
+
+    Raises:
+      ValueError: the session-loaded model fails, or its scores or labels differ from the
+        Keras model's (nothing is published).
+    """
+    try:
+        with session.load(staging) as served_model:
+            warmup.replay_warmup(served_model, records)
+            served = served_model.run(signatures.SERVING_DEFAULT, {
+                signatures.IMAGE_BYTES_INPUT: np.array(images, dtype=object)})
+    except tf.errors.OpError as error:
+        # A session's message starts with "Graph execution error:"; the cause follows.
+        cause = next((line for line in error.message.splitlines() if line.strip()
+                      and not line.startswith("Graph execution error")), error.message)
+        raise ValueError(f"TF Serving could not run this export ({type(error).__name__}: "
+                         f"{cause}); nothing was published") from None
     pixels = tf.stack([preprocessing.decode_and_resize(
         image, image_size, max_pixels=config.max_pixels,
         jpeg_dct_scaling=config.jpeg_dct_scaling) for image in images])
     expected = np.asarray(model(pixels, training=False), dtype=np.float32)
-    worst = float(np.max(np.abs(served - expected)))
+    worst = float(np.max(np.abs(served[signatures.PROBABILITIES] - expected)))
     if worst > VERIFY_ATOL:
         raise ValueError(f"the exported model's probabilities differ from the Keras model's by "
                          f"{worst:.2e} (> {VERIFY_ATOL}); nothing was published")
+    expected_labels = [labels[i] for i in served[signatures.CLASS_IDS][:, 0]]
+    served_labels = [c.decode("utf-8") for c in served[signatures.CLASSES][:, 0]]
+    if served_labels != expected_labels:
+        raise ValueError(f"the exported model names classes {served_labels}, expected "
+                         f"{expected_labels} from {LABELS_FILE}; nothing was published")
 
 
 def _metadata(config: ExportConfig, train_config, labels: list[str], image_size: int,

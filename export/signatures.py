@@ -10,19 +10,28 @@ out; it normalises inside its own graph):
   classify         inputs: string [None] serialized tf.Example with the encoded image in
                    feature "image/encoded", for TF Serving's Classify API (gRPC Classify,
                    REST :classify); method name tensorflow/serving/classify is set on the
-                   saved file by export.publish (tf.saved_model.save always writes predict).
+                   saved file by export.publish (SavedModels are written with predict).
 
 Predict signatures return classes (label strings, [None, k]), class_ids (int64, [None, k]),
 scores ([None, k], best first) and probabilities ([None, num_classes]); classify returns
-classes and scores.
+classes and scores. Class names come from a lookup table over assets/labels.txt, filled by
+the SavedModel's init op when the version loads.
+
+The SavedModel is written with keras.export.ExportArchive, which saves exactly the
+variables the signatures capture. A Keras 3 model tracked inside a tf.Module and saved with
+tf.saved_model.save loads with tf.saved_model.load but not in the TF1 session bundle TF
+Serving uses: the restore op fills variables the signature graphs never read, and every
+request fails with FAILED_PRECONDITION "Could not find variable ..." (DESIGN.md, traps).
 
 Usage:
-    module = ServingModule(model, labels=["cat", "dog"], image_size=224)
-    tf.saved_model.save(module, path, signatures=module.signatures())
+    module = ServingModule(model, labels=["cat", "dog"], image_size=224,
+                           labels_file="runs/cars/labels.txt")
+    module.save(path)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import keras
@@ -49,8 +58,8 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
-class ServingModule(tf.Module):
-    """A trained model plus its labels and preprocessing, as saveable tf.functions."""
+class ServingModule:
+    """A trained model plus its labels and preprocessing, as the signatures' tf.functions."""
 
     def __init__(self, model: keras.Model, *, labels: Sequence[str], image_size: int,
                  top_k: int = 5, max_pixels: int | None = preprocessing.DEFAULT_MAX_PIXELS,
@@ -66,12 +75,13 @@ class ServingModule(tf.Module):
           max_pixels: images whose header declares more pixels are rejected before decoding.
           jpeg_dct_scaling: decode big JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain.
           decode_parallelism: images decoded concurrently within one request.
-          labels_file: a labels.txt to ship as a SavedModel asset (assets/labels.txt).
+          labels_file: the labels as a file, one per line (labels.txt); it becomes the
+            SavedModel's assets/labels.txt and the class-name table is read from it at load
+            time. Without one, the names are constants in the graph.
 
         Raises:
           ValueError: labels do not match the model's output width, or bad sizes.
         """
-        super().__init__(name="serving")
         labels = list(labels)
         outputs = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
         if not labels or (outputs is not None and outputs != len(labels)):
@@ -84,9 +94,15 @@ class ServingModule(tf.Module):
         self.max_pixels = max_pixels
         self.jpeg_dct_scaling = jpeg_dct_scaling
         self.decode_parallelism = int(decode_parallelism)
-        self.labels = tf.constant(labels, dtype=tf.string)
         if labels_file is not None:
-            self.labels_asset = tf.saved_model.Asset(labels_file)
+            initializer = tf.lookup.TextFileInitializer(
+                labels_file, key_dtype=tf.int64, key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+                value_dtype=tf.string, value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+                vocab_size=len(labels))
+        else:
+            initializer = tf.lookup.KeyValueTensorInitializer(
+                tf.range(len(labels), dtype=tf.int64), tf.constant(labels, dtype=tf.string))
+        self.label_table = tf.lookup.StaticHashTable(initializer, default_value="")
 
         size = self.image_size
         self.serve_image_bytes = tf.function(
@@ -99,13 +115,23 @@ class ServingModule(tf.Module):
             self._classify,
             input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
 
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        """The signature map for tf.saved_model.save."""
-        return {
-            SERVING_DEFAULT: self.serve_image_bytes.get_concrete_function(),
-            PREDICT_IMAGES: self.predict_images.get_concrete_function(),
-            CLASSIFY: self.classify.get_concrete_function(),
-        }
+    def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
+        """Signature name -> traced tf.function."""
+        functions = {SERVING_DEFAULT: self.serve_image_bytes,
+                     PREDICT_IMAGES: self.predict_images,
+                     CLASSIFY: self.classify}
+        for function in functions.values():
+            function.get_concrete_function()
+        return functions
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the SavedModel (serve tag, the three signatures, assets/labels.txt)."""
+        archive = keras.export.ExportArchive()
+        archive.track(self.model)
+        archive.track(self.label_table)  # Tables are saved only when tracked explicitly.
+        for name, function in self.signatures().items():
+            archive.add_endpoint(name, function)
+        archive.write_out(os.fspath(path), verbose=False)
 
     def decode_images(self, image_bytes: tf.Tensor) -> tf.Tensor:
         """Encoded images [B] -> float32 pixels [B, S, S, 3], on the CPU.
@@ -130,7 +156,7 @@ class ServingModule(tf.Module):
         probabilities = tf.cast(self.model(images, training=False), tf.float32)
         scores, class_ids = tf.math.top_k(probabilities, k=self.top_k)
         return {
-            CLASSES: tf.gather(self.labels, class_ids),
+            CLASSES: self.label_table.lookup(tf.cast(class_ids, tf.int64)),
             CLASS_IDS: tf.cast(class_ids, tf.int64),
             SCORES: scores,
             PROBABILITIES: probabilities,

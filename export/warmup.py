@@ -9,7 +9,8 @@ request.
 Usage:
     records = build_warmup_records(images, model_name="cars", batch_sizes=(1, 8))
     write_warmup_file(version_dir / WARMUP_FILE, records)
-    replay_warmup(tf.saved_model.load(str(version_dir)), records)
+    with session.load(version_dir) as model:
+        replay_warmup(model, records)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
-from export import signatures
+from export import session, signatures
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving reads no more than this.
@@ -88,8 +89,9 @@ def read_warmup_file(path: str | os.PathLike) -> list[prediction_log_pb2.Predict
             for raw in tf.data.TFRecordDataset(os.fspath(path))]
 
 
-def replay_warmup(loaded, records: Sequence[prediction_log_pb2.PredictionLog]) -> list[dict]:
-    """Runs each record through a loaded SavedModel, as TF Serving does; returns the outputs.
+def replay_warmup(model: session.SessionModel,
+                  records: Sequence[prediction_log_pb2.PredictionLog]) -> list[dict]:
+    """Runs each record through a session-loaded version, as TF Serving does; returns outputs.
 
     Raises:
       ValueError: a record of a kind this exporter does not write.
@@ -100,16 +102,16 @@ def replay_warmup(loaded, records: Sequence[prediction_log_pb2.PredictionLog]) -
         kind = record.WhichOneof("log_type")
         if kind == "predict_log":
             request = record.predict_log.request
-            function = loaded.signatures[request.model_spec.signature_name or
-                                        signatures.SERVING_DEFAULT]
-            outputs.append(function(**{name: tf.constant(tf.make_ndarray(proto))
-                                       for name, proto in request.inputs.items()}))
+            outputs.append(model.run(
+                request.model_spec.signature_name or signatures.SERVING_DEFAULT,
+                {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}))
         elif kind == "classify_log":
             request = record.classify_log.request
             serialized = [example.SerializeToString()
                           for example in request.input.example_list.examples]
-            function = loaded.signatures[request.model_spec.signature_name]
-            outputs.append(function(**{signatures.CLASSIFY_INPUT: tf.constant(serialized)}))
+            outputs.append(model.run(request.model_spec.signature_name or
+                                     signatures.SERVING_DEFAULT,
+                                     {signatures.CLASSIFY_INPUT: np.array(serialized, object)}))
         else:
             raise ValueError(f"unsupported warmup record kind {kind!r}")
     return outputs

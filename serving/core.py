@@ -120,7 +120,7 @@ class ServingCore:
         started = time.monotonic()
         remaining = _remaining()
         if self.batching is None:
-            outputs = servable.run(signature_name, inputs)
+            outputs = servable.run(signature_name, inputs, timeout=remaining)
         else:
             batcher = self._batcher(servable, signature_name)
             future = batcher.submit(inputs)
@@ -162,9 +162,19 @@ class ServingCore:
         self.metrics.wrapped_run_count.inc()
 
     def _check_method(self, signature, expected: tuple[str, ...], api: str) -> None:
-        if self.method_name_check and signature.method_name not in expected:
-            raise invalid_argument(f"Expected {api} signature method_name to be "
-                                   f"{expected[0]}. Was: {signature.method_name}")
+        """--enable_signature_method_name_check (off by default, as in TF Serving).
+
+        Classify/Regress answer INVALID_ARGUMENT (classifier.cc GetClassificationSignatureDef,
+        regressor.cc), Predict INTERNAL (predict_util.cc VerifySignature).
+        """
+        if not self.method_name_check or signature.method_name in expected:
+            return
+        if api == "prediction":
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               "Expected prediction signature method_name to be one of {"
+                               f"{', '.join(expected)}}}. Was: {signature.method_name}")
+        raise invalid_argument(f"Expected {api} signature method_name to be "
+                               f"{expected[0]}. Was: {signature.method_name}")
 
     # --- Predict -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""One loaded SavedModel version: its signature defs (as saved_model.pb has them) and calls.
+"""One loaded SavedModel version, loaded and run the way TF Serving does: a session bundle.
 
-Any SavedModel works: signatures are read from the file, called by name with tensors of the
-dtypes the file declares, and their outputs returned as numpy arrays.
+Any SavedModel that TF Serving loads works: signatures are read from the MetaGraph, run by
+the tensor names they declare, and their outputs returned as numpy arrays.
 """
 
 from __future__ import annotations
@@ -68,53 +68,87 @@ def read_meta_graph(path: str, tags=DEFAULT_TAGS) -> meta_graph_pb2.MetaGraphDef
 
 
 class Servable:
-    """A loaded version. Thread-safe: signatures may be called concurrently."""
+    """A loaded version: a TF1 session over its MetaGraph, as TF Serving's SavedModelBundle.
 
-    def __init__(self, *, name: str, version: int, path: str, loaded,
+    TF Serving never loads through the TF2 object graph (tf.saved_model.load): it imports
+    the MetaGraph tagged --saved_model_tags into a Session, runs the saver's restore op on
+    variables/, runs the init op (__saved_model_init_op / main_op / legacy_init_op) with
+    the asset files fed in, and answers every request with Session::Run, feeding and
+    fetching the tensor names in the SignatureDef (servables/tensorflow/
+    saved_model_bundle_factory.cc, predict_util.cc RunPredict). tf.compat.v1's loader is the
+    same C++-equivalent path, so a SavedModel whose signatures read variables the restore op
+    never fills fails here exactly as there (FAILED_PRECONDITION "Could not find
+    variable ..."), where tf.saved_model.load would have worked.
+
+    Thread-safe: Session.run may be called concurrently.
+    """
+
+    def __init__(self, *, name: str, version: int, path: str, session,
                  meta_graph: meta_graph_pb2.MetaGraphDef):
         self.name = name
         self.version = version
         self.path = path
         self.meta_graph = meta_graph
-        self._loaded = loaded
-        self._functions = {}
+        self._session = session
+        self._callables = {}
         self._lock = threading.Lock()
         self.lock = threading.Lock()  # Guards batchers.
         self.batchers: dict = {}  # signature name -> Batcher, filled by the batching layer.
 
     @classmethod
     def load(cls, *, name: str, version: int, path: str, tags=DEFAULT_TAGS) -> Servable:
-        """Reads saved_model.pb, then loads the SavedModel with TensorFlow.
+        """Loads path's MetaGraph with these tags into a new session: restore, then init op.
 
         Raises:
           ServingError: any failure, with TensorFlow's code when it is an op error.
         """
         import tensorflow as tf
+        from tensorflow.python.util import deprecation
 
-        meta_graph = read_meta_graph(path, tags)
+        read_meta_graph(path, tags)  # TensorFlow's reader's exact NOT_FOUND/DATA_LOSS errors.
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph)
         try:
-            loaded = tf.saved_model.load(path, tags=list(tags))
+            # The v1 loader's deprecation notice points to tf.saved_model.load: wrong here.
+            with graph.as_default(), deprecation.silence():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
         except Exception as error:
+            session.close()
             raise ServingError.from_exception(error) from None
-        return cls(name=name, version=version, path=path, loaded=loaded, meta_graph=meta_graph)
+        graph.finalize()  # Serving never adds ops: a request cannot grow the graph.
+        return cls(name=name, version=version, path=path, session=session,
+                   meta_graph=meta_graph)
 
     @property
     def signature_defs(self):
         return self.meta_graph.signature_def
 
-    def function(self, signature_name: str):
+    def _callable(self, signature_name: str, input_aliases: tuple[str, ...]):
+        """A Session callable feeding input_aliases and fetching every output, cached."""
+        key = (signature_name, input_aliases)
         with self._lock:
-            if signature_name not in self._functions:
-                signatures = self._loaded.signatures if self._loaded is not None else {}
-                if signature_name not in signatures:  # E.g. __saved_model_init_op.
-                    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       f'Serving signature key "{signature_name}" cannot be '
-                                       "called.")
-                self._functions[signature_name] = signatures[signature_name]
-            return self._functions[signature_name]
+            if self._session is None:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"{servable_id(self.name, self.version)} was unloaded")
+            if key not in self._callables:
+                signature = self.signature_defs[signature_name]
+                outputs = sorted(signature.outputs)
+                run = self._session.make_callable(
+                    [signature.outputs[alias].name for alias in outputs],
+                    feed_list=[signature.inputs[alias].name for alias in input_aliases],
+                    accept_options=True)
+                self._callables[key] = (run, outputs)
+            return self._callables[key]
 
-    def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Calls a signature; returns every output as numpy.
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray], *,
+            timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Session::Run of a signature: feeds inputs by tensor name, fetches every output.
+
+        Args:
+          signature_name: a key of signature_defs.
+          inputs: alias -> array; converted to the dtype the SignatureDef declares.
+          timeout: seconds; passed as RunOptions.timeout_in_ms, as TF Serving passes the
+            request's deadline, so the session stops the work when it runs out.
 
         Raises:
           ServingError: TensorFlow op errors keep their code (InvalidArgumentError ->
@@ -123,15 +157,20 @@ class Servable:
         import tensorflow as tf
 
         signature = self.signature_defs[signature_name]
+        aliases = tuple(sorted(inputs))
         try:
-            tensors = {name: tf.constant(value, dtype=tf.dtypes.as_dtype(
-                signature.inputs[name].dtype)) for name, value in inputs.items()}
-            outputs = self.function(signature_name)(**tensors)
-            return {name: tensor.numpy() for name, tensor in outputs.items()}
+            feeds = [np.asarray(inputs[alias], dtype=tf.dtypes.as_dtype(
+                signature.inputs[alias].dtype).as_numpy_dtype) for alias in aliases]
+            run, outputs = self._callable(signature_name, aliases)
+            options = tf.compat.v1.RunOptions()
+            if timeout is not None:
+                options.timeout_in_ms = max(1, int(timeout * 1000))
+            values = run(*feeds, options=options)
         except tf.errors.OpError as error:
             raise ServingError.from_exception(error) from None
         except (TypeError, ValueError) as error:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        return dict(zip(outputs, values))
 
     def close(self) -> None:
         with self.lock:
@@ -139,6 +178,9 @@ class Servable:
             self.batchers.clear()
         for batcher in batchers:
             batcher.stop()
-        self._functions.clear()
-        self._loaded = None
+        with self._lock:
+            session, self._session = self._session, None
+            self._callables.clear()
+        if session is not None:
+            session.close()  # Frees the variables and the graph's kernels.
         logging.debug("Released %s", servable_id(self.name, self.version))

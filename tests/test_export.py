@@ -2,7 +2,11 @@
 
 A tiny model stands in for a trained run: it classifies the mean colour of the image's
 top-left quadrant into red/green/blue, so labels, ids and orientation handling are all
-observable in its answers.
+observable in its answers. It has trainable and non-trainable (BatchNormalization)
+variables, like a fine-tuned EfficientNet.
+
+Every signature is run the way TF Serving runs it: the version loaded into a TF1 session
+bundle (export/session.py), fed and fetched by the SignatureDef's tensor names.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +26,7 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image
 
-from export import exporter, publish, signatures, warmup
+from export import exporter, publish, session, signatures, warmup
 from train import data as data_lib
 from train import preprocessing
 from train.config import TrainConfig, save_config
@@ -50,6 +55,8 @@ def build_quadrant_model() -> keras.Model:
     pooled = keras.layers.GlobalAveragePooling2D()(corner)
     logits = keras.layers.Dense(3, kernel_initializer="identity",
                                 bias_initializer="zeros")(pooled)
+    # Non-trainable variables (moving statistics) are what an old export lost first.
+    logits = keras.layers.BatchNormalization(moving_variance_initializer="ones")(logits)
     outputs = keras.layers.Softmax()(keras.layers.Rescaling(0.05)(logits))
     return keras.Model(inputs, outputs)
 
@@ -87,12 +94,14 @@ def exported(run_dir) -> exporter.ExportResult:
 
 @pytest.fixture(scope="module")
 def loaded(exported):
-    return tf.saved_model.load(str(exported.path))
+    """The exported version in a session bundle, as TF Serving loads it."""
+    with session.load(exported.path) as model:
+        yield model
 
 
 def serve(loaded, blobs: list[bytes]) -> dict[str, np.ndarray]:
-    outputs = loaded.signatures[signatures.SERVING_DEFAULT](image_bytes=tf.constant(blobs))
-    return {k: v.numpy() for k, v in outputs.items()}
+    return loaded.run(signatures.SERVING_DEFAULT,
+                      {signatures.IMAGE_BYTES_INPUT: np.array(blobs, dtype=object)})
 
 
 def photo_jpeg(name: str = "chelsea", **kwargs) -> bytes:
@@ -109,10 +118,9 @@ def test_round_trip_matches_the_keras_model_on_real_photos(exported, loaded, run
     pixels = tf.stack([preprocessing.decode_and_resize(b, SIZE) for b in blobs])
     keras_model = keras.models.load_model(run_dir / "model.keras")
     np.testing.assert_allclose(served["probabilities"], keras_model(pixels).numpy(), atol=1e-6)
-    images = loaded.signatures[signatures.PREDICT_IMAGES](images=pixels)
-    np.testing.assert_allclose(images["probabilities"].numpy(), served["probabilities"],
-                               atol=1e-6)
-    np.testing.assert_array_equal(images["classes"].numpy(), served["classes"])
+    images = loaded.run(signatures.PREDICT_IMAGES, {signatures.IMAGES_INPUT: pixels.numpy()})
+    np.testing.assert_allclose(images["probabilities"], served["probabilities"], atol=1e-6)
+    np.testing.assert_array_equal(images["classes"], served["classes"])
 
 
 def test_labels_map_to_the_right_ids_and_scores_are_sorted(loaded):
@@ -195,8 +203,7 @@ def test_a_batch_of_mixed_formats_and_sizes(loaded):
 
 
 def test_an_empty_batch_returns_empty_outputs(loaded):
-    served = loaded.signatures[signatures.SERVING_DEFAULT](
-        image_bytes=tf.constant([], dtype=tf.string))
+    served = serve(loaded, [])
     assert served["classes"].shape == (0, 3)
     assert served["probabilities"].shape == (0, 3)
 
@@ -236,12 +243,12 @@ def example(blob: bytes) -> bytes:
 
 def test_classify_signature_matches_predict(loaded):
     blobs = [encode(quadrant_image(name)) for name in LABELS]
-    classified = loaded.signatures[signatures.CLASSIFY](
-        inputs=tf.constant([example(b) for b in blobs]))
+    classified = loaded.run(signatures.CLASSIFY, {
+        signatures.CLASSIFY_INPUT: np.array([example(b) for b in blobs], dtype=object)})
     assert sorted(classified) == ["classes", "scores"]
     served = serve(loaded, blobs)
-    np.testing.assert_array_equal(classified["classes"].numpy(), served["classes"])
-    np.testing.assert_allclose(classified["scores"].numpy(), served["scores"], atol=1e-7)
+    np.testing.assert_array_equal(classified["classes"], served["classes"])
+    np.testing.assert_allclose(classified["scores"], served["scores"], atol=1e-7)
 
 
 def saved_signature_defs(path: pathlib.Path):
@@ -277,14 +284,88 @@ def test_signature_defs_are_what_tf_serving_expects(exported):
 
 
 def test_saved_model_cli_shows_the_signatures(exported):
-    shown = subprocess.run(
-        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show",
-         "--dir", str(exported.path), "--all"],
-        capture_output=True, text=True, timeout=300, check=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+    shown = run_saved_model_cli("show", "--dir", str(exported.path), "--all").stdout
     for name in ("serving_default", "predict_images", "classify",
                  "tensorflow/serving/classify", "image_bytes", "probabilities"):
         assert name in shown
+
+
+def save_as_tf_module(module: signatures.ServingModule, path: pathlib.Path) -> None:
+    """How this project exported before: the Keras model tracked inside a tf.Module and
+    written by tf.saved_model.save. tf.saved_model.load runs the result; TF Serving cannot."""
+    holder = tf.Module()
+    holder.model, holder.label_table = module.model, module.label_table
+    tf.saved_model.save(holder, str(path), signatures={
+        name: function.get_concrete_function()
+        for name, function in module.signatures().items()})
+
+
+def test_a_keras_model_inside_a_tf_module_fails_in_tf_servings_loader(tmp_path):
+    module = signatures.ServingModule(build_quadrant_model(), labels=LABELS, image_size=SIZE)
+    save_as_tf_module(module, tmp_path / "old")
+    blob = np.array([encode(quadrant_image("red"))], dtype=object)
+    # The forgiving object-graph loader answers ...
+    assert tf.saved_model.load(str(tmp_path / "old")).signatures[signatures.SERVING_DEFAULT](
+        image_bytes=tf.constant(blob))["classes"][0, 0] == b"red"
+    # ... the session bundle does not: the signatures read variables nothing restored.
+    with session.load(tmp_path / "old") as model:
+        with pytest.raises(tf.errors.FailedPreconditionError, match="Could not find variable"):
+            model.run(signatures.SERVING_DEFAULT, {signatures.IMAGE_BYTES_INPUT: blob})
+    module.save(tmp_path / "new")
+    with session.load(tmp_path / "new") as model:
+        assert model.run(signatures.SERVING_DEFAULT, {
+            signatures.IMAGE_BYTES_INPUT: blob})["classes"][0, 0] == b"red"
+
+
+def test_an_export_tf_serving_cannot_run_is_never_published(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(signatures.ServingModule, "save", save_as_tf_module)
+    base = tmp_path / "colours"
+    with pytest.raises(ValueError, match="TF Serving could not run this export.*"
+                                         "Could not find variable"):
+        export_to(run_dir, base)
+    assert list(base.iterdir()) == []
+
+
+def run_saved_model_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.mark.parametrize("signature", [signatures.SERVING_DEFAULT, signatures.PREDICT_IMAGES,
+                                       signatures.CLASSIFY])
+def test_saved_model_cli_runs_every_signature(exported, run_dir, tmp_path, signature):
+    """TensorFlow's own tool loads the version into a session as TF Serving does."""
+    blobs = [encode(quadrant_image(name)) for name in ("green", "blue")]
+    pixels = tf.stack([preprocessing.decode_and_resize(b, SIZE) for b in blobs]).numpy()
+    if signature == signatures.SERVING_DEFAULT:
+        np.save(tmp_path / "in.npy", np.array(blobs, dtype=object))
+        inputs = ["--inputs", f"{signatures.IMAGE_BYTES_INPUT}={tmp_path / 'in.npy'}"]
+    elif signature == signatures.PREDICT_IMAGES:
+        np.save(tmp_path / "in.npy", pixels)
+        inputs = ["--inputs", f"{signatures.IMAGES_INPUT}={tmp_path / 'in.npy'}"]
+    else:
+        inputs = ["--input_examples", f"{signatures.CLASSIFY_INPUT}=" + repr(
+            [{signatures.EXAMPLE_IMAGE_FEATURE: [b]} for b in blobs])]
+    done = run_saved_model_cli("run", "--dir", str(exported.path), "--tag_set", "serve",
+                               "--signature_def", signature, *inputs,
+                               "--outdir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    classes = np.load(tmp_path / "out" / "classes.npy", allow_pickle=True)
+    assert [c.decode() for c in classes[:, 0]] == ["green", "blue"]
+    scores = np.load(tmp_path / "out" / "scores.npy")
+    expected = keras.models.load_model(run_dir / "model.keras")(pixels).numpy()
+    np.testing.assert_allclose(scores[:, 0], expected.max(axis=1), atol=1e-6)
+
+
+def test_labels_are_read_from_the_asset_wherever_the_version_is_moved(exported, tmp_path):
+    moved = tmp_path / "elsewhere" / "1"
+    shutil.copytree(exported.path, moved)
+    with session.load(moved) as model:
+        assert model.run(signatures.SERVING_DEFAULT, {signatures.IMAGE_BYTES_INPUT: np.array(
+            [encode(quadrant_image(n)) for n in LABELS], object)})["classes"][:, 0].tolist() \
+            == [n.encode() for n in LABELS]
 
 
 def test_labels_asset_and_export_config(exported, run_dir):
