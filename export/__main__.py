@@ -24,6 +24,9 @@ _KEEP = flags.DEFINE_integer("keep_versions", 0, "Prune to this many newest vers
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", 50_000_000, "Reject images declaring more pixels (0 = no limit).")
 _DCT = flags.DEFINE_boolean("jpeg_dct_scaling", True, "Decode big JPEGs at reduced DCT scale.")
+_MAX_JPEG_SCANS = flags.DEFINE_integer(
+    "max_jpeg_scans", 64, "Reject JPEGs with more scans, each a full decoding pass "
+    "(progressive JPEGs have about 10; 0 = no limit).")
 _WARMUP_IMAGES = flags.DEFINE_list(
     "warmup_images", [], "Images for the warmup requests; default: the run's dataset.")
 _WARMUP_BATCHES = flags.DEFINE_list("warmup_batch_sizes", ["1", "8"], "Warmup batch sizes.")
@@ -41,6 +44,7 @@ def main(argv: list[str]) -> int:
             model_dir=_MODEL_DIR.value, export_base=_EXPORT_BASE.value, version=_VERSION.value,
             top_k=_TOP_K.value, keep_versions=_KEEP.value,
             max_pixels=_MAX_PIXELS.value or None, jpeg_dct_scaling=_DCT.value,
+            max_jpeg_scans=_MAX_JPEG_SCANS.value or None,
             warmup_images=tuple(_WARMUP_IMAGES.value),
             warmup_batch_sizes=tuple(_parse_ints(_WARMUP_BATCHES.value, "warmup_batch_sizes")),
         ).validated()

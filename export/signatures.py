@@ -63,7 +63,9 @@ class ServingModule:
 
     def __init__(self, model: keras.Model, *, labels: Sequence[str], image_size: int,
                  top_k: int = 5, max_pixels: int | None = preprocessing.DEFAULT_MAX_PIXELS,
-                 jpeg_dct_scaling: bool = True, decode_parallelism: int = 16,
+                 jpeg_dct_scaling: bool = True,
+                 max_jpeg_scans: int | None = preprocessing.DEFAULT_MAX_JPEG_SCANS,
+                 decode_parallelism: int = 16,
                  labels_file: str | None = None):
         """Builds the signatures' functions.
 
@@ -74,6 +76,8 @@ class ServingModule:
           top_k: classes/class_ids/scores width (clipped to C).
           max_pixels: images whose header declares more pixels are rejected before decoding.
           jpeg_dct_scaling: decode big JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain.
+          max_jpeg_scans: JPEGs with more scans (decoding passes) are rejected before
+            decoding.
           decode_parallelism: images decoded concurrently within one request.
           labels_file: the labels as a file, one per line (labels.txt); it becomes the
             SavedModel's assets/labels.txt and the class-name table is read from it at load
@@ -93,6 +97,7 @@ class ServingModule:
         self.top_k = min(int(top_k), len(labels))
         self.max_pixels = max_pixels
         self.jpeg_dct_scaling = jpeg_dct_scaling
+        self.max_jpeg_scans = max_jpeg_scans
         self.decode_parallelism = int(decode_parallelism)
         if labels_file is not None:
             initializer = tf.lookup.TextFileInitializer(
@@ -145,7 +150,7 @@ class ServingModule:
             return tf.map_fn(
                 lambda item: preprocessing.decode_and_resize(
                     item[0], self.image_size, max_pixels=self.max_pixels,
-                    jpeg_dct_scaling=self.jpeg_dct_scaling,
+                    jpeg_dct_scaling=self.jpeg_dct_scaling, max_jpeg_scans=self.max_jpeg_scans,
                     name=tf.strings.format("image {}", item[1])),
                 (image_bytes, tf.range(count)),
                 fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3],

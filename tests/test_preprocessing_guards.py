@@ -83,6 +83,57 @@ def cut_in_header() -> bytes:
     return data[:data.index(b"\xff\xc0") + 6]  # Inside the frame header.
 
 
+def gif_blocks(data: bytes) -> tuple[int, int, int]:
+    """(first image descriptor, its data's first sub-block, its terminator) of a GIF, found
+    by walking its blocks here in Python, independently of the graph's walk."""
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[pos] == 0x21:  # Extensions: introducer, label, sub-blocks.
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    descriptor = pos
+    flags = data[descriptor + 9]
+    start = descriptor + 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    end = start
+    while data[end]:
+        end += 1 + data[end]
+    return descriptor, start, end
+
+
+def noise_gif(side: int = 64, frames: int = 1) -> bytes:
+    rng = np.random.default_rng(side)
+    images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).convert("P")
+              for _ in range(frames)]
+    return encode(images[0], "GIF", save_all=frames > 1, append_images=images[1:])
+
+
+def with_first_frame_size(data: bytes, width: int, height: int) -> bytes:
+    """A GIF whose first image descriptor declares another size than its screen's."""
+    descriptor, _, _ = gif_blocks(data)
+    data = bytearray(data)
+    data[descriptor + 5:descriptor + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def in_sub_blocks_of(data: bytes, size: int) -> bytes:
+    """The same GIF with its first image's data re-cut into sub-blocks of `size` bytes."""
+    _, start, end = gif_blocks(data)
+    pixels, pos = b"", start
+    while pos < end:
+        pixels += data[pos + 1:pos + 1 + data[pos]]
+        pos += 1 + data[pos]
+    blocks = b"".join(bytes([len(pixels[i:i + size])]) + pixels[i:i + size]
+                      for i in range(0, len(pixels), size))
+    return data[:start] + blocks + data[end:]
+
+
+def with_repeated_last_scan(data: bytes, times: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: libjpeg decodes every repetition."""
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * times + data[end:]
+
+
 BAD = {
     "empty": (lambda: b"", r"empty input \(0 bytes\)"),
     "random_bytes": (
@@ -121,6 +172,21 @@ BAD = {
         lambda: with_size(encode(Image.new("RGB", (8, 8)), "BMP"), 10000, 10000),
         r"10000x10000 pixels \(100\.0 MP\) exceeds"),
     "png_bomb": (png_bomb, r"8000x8000 pixels \(64\.0 MP\) exceeds the limit of 50\.0 MP"),
+    # The decoder allocates every frame at the size its descriptor declares.
+    "gif_frame_of_12000x12000_on_a_10x10_screen": (
+        lambda: with_first_frame_size(encode(Image.new("RGB", (10, 10), "red"), "GIF"),
+                                      12000, 12000),
+        r"12000x12000 pixels \(144\.0 MP\) exceeds the limit of 50\.0 MP"),
+    "gif_in_2_byte_sub_blocks": (lambda: in_sub_blocks_of(noise_gif(), 2),
+                                 r"corrupt or truncated header \(GIF, \d+ bytes\)"),
+    "gif_without_an_image": (lambda: encode(Image.new("RGB", (8, 8)), "GIF")[:13] + b";",
+                             r"corrupt or truncated header \(GIF, 14 bytes\)"),
+    "gif_cut_in_its_image": (lambda: noise_gif()[:2000],
+                             r"corrupt or truncated header \(GIF, 2000 bytes\)"),
+    "progressive_jpeg_with_2000_more_scans": (
+        lambda: with_repeated_last_scan(
+            encode(Image.new("RGB", (64, 64), "red"), "JPEG", progressive=True), 2000),
+        r"JPEG with 20\d\d scans exceeds the limit of 64 \(a progressive JPEG has about 10\)"),
 }
 
 
@@ -154,7 +220,10 @@ def test_bad_input_fails_before_decoding_with_its_name_and_problem(bad_inputs, c
 def test_header_problem_is_reported_without_a_name(bad_inputs, case):
     data, problem = bad_inputs[case]
     header = preprocessing.read_image_header(tf.constant(data))
-    if "exceeds" in problem:  # The limit is decode_and_resize's; the header is fine.
+    if "scans" in problem:  # The limits are decode_and_resize's; the header is fine.
+        assert header.problem.numpy() == b""
+        assert header.scans.numpy() == data.count(b"\xff\xda") > 2000
+    elif "exceeds" in problem:
         assert header.problem.numpy() == b""
         assert header.width.numpy() * header.height.numpy() > preprocessing.DEFAULT_MAX_PIXELS
     else:
@@ -237,6 +306,59 @@ def test_max_pixels_none_also_works_in_a_graph():
     np.testing.assert_array_equal(graph(tf.constant(photo_jpeg())).numpy(), decode(photo_jpeg()))
 
 
+# --- GIF frames and JPEG scans: what the decoder would really do -------------------------
+
+
+def test_an_animated_gif_decodes_its_first_frame_and_never_the_others(decode_batch):
+    animation = noise_gif(frames=3)
+    first = animation[:gif_blocks(animation)[2] + 1] + b";"
+    with Image.open(io.BytesIO(first)) as image:
+        assert getattr(image, "n_frames", 1) == 1
+    expected = decode(first)
+    np.testing.assert_array_equal(decode(animation), expected)
+    # A later frame declaring 144 MP with garbage data would fail (or fill memory) in
+    # TensorFlow's decoder, which decodes every frame; here it is cut off unread.
+    _, _, end = gif_blocks(animation)
+    hostile = bytearray(animation)
+    second = end + 1 + hostile[end + 1:].index(b"\x2c")  # The next image descriptor.
+    hostile[second + 5:second + 9] = struct.pack("<HH", 12000, 12000)
+    hostile = bytes(hostile[:second + 11]) + b"\x08" + b"\xff" * 600
+    np.testing.assert_array_equal(decode(hostile), expected)
+    np.testing.assert_array_equal(decode_batch(tf.constant([hostile, first])).numpy(),
+                                  np.stack([expected, expected]))
+
+
+@pytest.mark.parametrize("size", [100, 254, 255])
+def test_gif_sub_blocks_of_other_sizes_decode_identically(size):
+    standard = noise_gif(side=200)
+    assert in_sub_blocks_of(standard, 255) == standard  # The encoder's own layout.
+    np.testing.assert_array_equal(decode(in_sub_blocks_of(standard, size)), decode(standard))
+
+
+def test_gif_frames_within_the_limit_are_checked_at_their_declared_size():
+    small_screen = with_first_frame_size(encode(Image.new("RGB", (10, 10), "red"), "GIF"),
+                                         300, 200)
+    header = preprocessing.read_image_header(tf.constant(small_screen))
+    assert (int(header.width), int(header.height)) == (300, 200)  # Larger than the screen.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"300x200 pixels"):
+        decode(small_screen, max_pixels=300 * 200 - 1)
+
+
+def test_max_jpeg_scans_is_inclusive_and_none_disables_it():
+    progressive = encode(Image.fromarray(skimage.data.chelsea()), "JPEG", progressive=True)
+    scans = progressive.count(b"\xff\xda")
+    assert 5 <= scans <= 12  # What a progressive encoder writes.
+    assert int(preprocessing.read_image_header(tf.constant(progressive)).scans) == scans
+    assert int(preprocessing.read_image_header(tf.constant(photo_jpeg())).scans) == 1
+    assert decode(progressive, max_jpeg_scans=scans).shape == (SIZE, SIZE, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"image: JPEG with {scans} scans exceeds the limit of {scans - 1}"):
+        decode(progressive, max_jpeg_scans=scans - 1)
+    repeated = with_repeated_last_scan(progressive, 100)
+    np.testing.assert_allclose(decode(repeated, max_jpeg_scans=None), decode(progressive),
+                               atol=1)  # Repeating a refinement scan changes (almost) nothing.
+
+
 # --- Bad arguments ------------------------------------------------------------------------
 
 
@@ -246,7 +368,8 @@ def test_max_pixels_none_also_works_in_a_graph():
     ({"jpeg_dct_scaling": "yes"}, "jpeg_dct_scaling"), ({"jpeg_dct_scaling": None},
                                                          "jpeg_dct_scaling"),
     ({"name": None}, "name"), ({"name": 3}, "name"), ({"name": tf.constant(["a", "b"])}, "name"),
-    ({"name": tf.constant(3)}, "name"),
+    ({"name": tf.constant(3)}, "name"), ({"max_jpeg_scans": 0}, "max_jpeg_scans"),
+    ({"max_jpeg_scans": 1.5}, "max_jpeg_scans"),
 ])
 def test_bad_arguments_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -28,6 +28,10 @@ import tensorflow as tf
 # Images whose header declares more pixels are rejected before decoding (max_pixels). 50 MP
 # covers what phones and most cameras write by default; decoded, it is 150 MB of RGB bytes.
 DEFAULT_MAX_PIXELS = 50_000_000
+# JPEGs with more scans are rejected before decoding. Baseline JPEGs have 1 (or one per
+# colour component), progressive encoders write about 10 (libjpeg's default script; mozjpeg
+# up to ~20); each scan is a full pass of the decoder, so this bounds the decode's cost.
+DEFAULT_MAX_JPEG_SCANS = 64
 
 
 class ImageFormat(enum.IntEnum):
@@ -52,6 +56,10 @@ class ImageHeader(NamedTuple):
       problem: string, "" when the data looks decodable, else why not (without a name
         prefix), e.g. "empty input (0 bytes)" or "truncated JPEG (no end-of-image marker;
         1234 bytes)".
+      scans: int64 number of scans (SOS markers) of a JPEG, each a full pass of the decoder
+        over the image; 0 for the other formats.
+      decode_end: int64 how many leading bytes the decoder needs: for a GIF, up to the end
+        of its first image (later frames are never decoded); the data's size otherwise.
     """
 
     format: tf.Tensor
@@ -59,6 +67,8 @@ class ImageHeader(NamedTuple):
     width: tf.Tensor
     orientation: tf.Tensor
     problem: tf.Tensor
+    scans: tf.Tensor | None = None
+    decode_end: tf.Tensor | None = None
 
 
 # Bytes of a BMP file header plus BITMAPINFOHEADER: enough to read the pixel format.
@@ -68,6 +78,12 @@ _HEAD_BYTES = 32
 # Marker segments walked at most. A JPEG has ~10 before its image data (APPn, DQT, SOF, DHT)
 # and each fill or stray byte costs one step (~25 us): the bound keeps garbage cheap.
 _JPEG_MAX_STEPS = 1024
+# Extension blocks and their sub-blocks walked at most before a GIF's first image (a GIF
+# has a handful: loop count, frame control, comments; XMP data takes about one per 100 bytes).
+_GIF_MAX_BLOCK_STEPS = 4096
+# A GIF's first image may take one walk step (~10 us) per this many bytes of the file when its
+# sub-blocks are not the encoders' 255 bytes: only a file made of tiny ones is refused.
+_GIF_MIN_SUB_BLOCK_BYTES = 64
 # A PNG's IEND chunk is its last 12 bytes unless data was appended; this much of the tail is
 # searched for it then. A chance "IEND" in compressed data is a 2^-32 event per offset.
 _PNG_TAIL_SEARCH_BYTES = 64 * 1024
@@ -103,7 +119,11 @@ def read_image_header(image_bytes: tf.Tensor) -> ImageHeader:
     `problem` is checked in this order: empty input; unknown format; corrupt or truncated
     header (no size found, a size of 0, a broken marker segment or a header running past the
     end); truncated data (a JPEG without FF D9 after its first scan, a PNG without IEND in
-    its last 64 KiB). GIF and BMP bodies are left to their decoders.
+    its last 64 KiB). A GIF's blocks are walked to the end of its first image, whose size
+    counts when it is larger than the logical screen (the decoder allocates both); a GIF
+    whose blocks do not lead there is a corrupt header. BMP bodies are left to the decoder.
+    A JPEG's scans (FF DA markers, which cannot occur inside entropy-coded data) are
+    counted over the whole file.
 
     Args:
       image_bytes: scalar tf.string holding the encoded file.
@@ -128,19 +148,26 @@ def read_image_header(image_bytes: tf.Tensor) -> ImageHeader:
                     int(ImageFormat.UNKNOWN)))))
     image_format = tf.cast(image_format, tf.int32)
 
+    no_scans = tf.constant(0, tf.int64)
+
     def unknown():
         zero = tf.constant(0, tf.int64)
-        return zero, zero, tf.constant(1, tf.int32), tf.constant(False), tf.constant(True)
+        return (zero, zero, tf.constant(1, tf.int32), tf.constant(False), tf.constant(True),
+                no_scans, size)
+
+    def jpeg():
+        return (*_read_jpeg_header(image_bytes, size), _count_jpeg_scans(image_bytes), size)
 
     def png():
         ok = tf.logical_and(size >= 24, _starts_with(head[12:], b"IHDR"))
         width = head[16] * 16777216 + head[17] * 65536 + head[18] * 256 + head[19]
         height = head[20] * 16777216 + head[21] * 65536 + head[22] * 256 + head[23]
-        return height, width, tf.constant(1, tf.int32), ok, _png_complete(image_bytes, size)
+        return (height, width, tf.constant(1, tf.int32), ok, _png_complete(image_bytes, size),
+                no_scans, size)
 
     def gif():
-        return (head[9] * 256 + head[8], head[7] * 256 + head[6], tf.constant(1, tf.int32),
-                size >= 10, tf.constant(True))
+        height, width, ok, end = _read_gif_header(image_bytes, size)
+        return height, width, tf.constant(1, tf.int32), ok, tf.constant(True), no_scans, end
 
     def bmp():
         def int32(offset):
@@ -149,10 +176,10 @@ def read_image_header(image_bytes: tf.Tensor) -> ImageHeader:
             return tf.where(value >= 2**31, value - 2**32, value)
 
         return (tf.abs(int32(22)), int32(18), tf.constant(1, tf.int32), size >= 26,
-                tf.constant(True))
+                tf.constant(True), no_scans, size)
 
-    height, width, orientation, header_ok, complete = tf.switch_case(
-        image_format, [unknown, lambda: _read_jpeg_header(image_bytes, size), png, gif, bmp])
+    height, width, orientation, header_ok, complete, scans, decode_end = tf.switch_case(
+        image_format, [unknown, jpeg, png, gif, bmp])
     header_ok = tf.logical_and(header_ok, tf.logical_and(height >= 1, width >= 1))
     code = tf.where(
         tf.equal(size, 0), _EMPTY, tf.where(
@@ -163,18 +190,20 @@ def read_image_header(image_bytes: tf.Tensor) -> ImageHeader:
                       lambda: _describe_problem(code, image_format, size))
     return ImageHeader(format=image_format, height=tf.where(header_ok, height, 0),
                        width=tf.where(header_ok, width, 0), orientation=orientation,
-                       problem=problem)
+                       problem=problem, scans=scans, decode_end=decode_end)
 
 
 # Plain TensorFlow ops; Python branches only on Python arguments: nothing for AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
                       max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_dct_scaling: bool = True,
+                      max_jpeg_scans: int | None = DEFAULT_MAX_JPEG_SCANS,
                       name: str | tf.Tensor = "image") -> tf.Tensor:
     """Checks, decodes, orients and resizes one encoded image to a square model input.
 
     Formats: JPEG (baseline, progressive, grey and CMYK), PNG (any bit depth, grey, palette,
-    alpha), GIF (the first frame) and BMP (24/32-bit, and 8-bit with its palette applied).
+    alpha), GIF (the first frame; later frames are cut off before the decoder sees them) and
+    BMP (24/32-bit, and 8-bit with its palette applied).
     Grey becomes RGB by replication and an alpha channel is dropped (not composited), as
     TensorFlow's decoders do. CMYK (and YCCK) JPEGs are converted to RGB by TensorFlow's
     own JPEG decoder, matching PIL within 1 level (Adobe inverted CMYK, as PIL and Photoshop
@@ -208,7 +237,9 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
       "data is not a JPEG, PNG, GIF or BMP image (...; N bytes)";
       "corrupt or truncated header (JPEG, N bytes)" (or PNG, GIF, BMP);
       "truncated JPEG (no end-of-image marker; N bytes)", "truncated PNG (no IEND chunk; ...)";
-      "20000x20000 pixels (400.0 MP) exceeds the limit of 50.0 MP".
+      "20000x20000 pixels (400.0 MP) exceeds the limit of 50.0 MP" (for a GIF, the larger
+      of its logical screen and its first frame);
+      "JPEG with 2001 scans exceeds the limit of 64 (a progressive JPEG has about 10)".
     Data that passes these checks but is still broken fails in the decoder, with its message.
 
     Args:
@@ -218,6 +249,9 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
         before decoding; None for no limit.
       jpeg_dct_scaling: decode big JPEGs at a reduced DCT scale; False always decodes at full
         size (for comparisons).
+      max_jpeg_scans: JPEGs with more scans are rejected before decoding: each scan is a
+        pass of the decoder over the whole image, so a small file repeating one scan
+        thousands of times would cost seconds of CPU; None for no limit.
       name: what error messages call the input: a str, or a scalar tf.string tensor such as
         tf.strings.format("image {}", index) inside tf.map_fn.
 
@@ -230,19 +264,28 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
       tf.errors.InvalidArgumentError: the bytes are not a decodable image (at run time).
     """
     _check_args(image_size, max_pixels, jpeg_dct_scaling, name)
+    _check_limit("max_jpeg_scans", max_jpeg_scans)
     image_size = int(image_size)  # numpy ints too, but a plain int in the graph.
     image_bytes = tf.convert_to_tensor(image_bytes, dtype=tf.string)
     header = read_image_header(image_bytes)
-    ok = header_ok = tf.equal(header.problem, "")
+    header_ok = tf.equal(header.problem, "")
+    pixels_ok = scans_ok = tf.constant(True)
     if max_pixels is not None:
         max_pixels = int(max_pixels)
-        ok = tf.logical_and(header_ok, header.height * header.width <= max_pixels)
+        pixels_ok = header.height * header.width <= max_pixels
+    if max_jpeg_scans is not None:
+        max_jpeg_scans = int(max_jpeg_scans)
+        scans_ok = header.scans <= max_jpeg_scans
+    ok = tf.reduce_all(tf.stack([header_ok, pixels_ok, scans_ok]))
 
     def problem() -> tf.Tensor:
-        if max_pixels is None:
-            return header.problem
-        return tf.cond(header_ok, lambda: _too_many_pixels(header, max_pixels),
-                       lambda: header.problem)
+        rules = [(tf.logical_not(header_ok), lambda: header.problem)]
+        if max_pixels is not None:
+            rules.append((tf.logical_not(pixels_ok), lambda: _too_many_pixels(header, max_pixels)))
+        if max_jpeg_scans is not None:
+            rules.append((tf.logical_not(scans_ok),
+                          lambda: _too_many_scans(header, max_jpeg_scans)))
+        return tf.case(rules, default=lambda: header.problem, exclusive=False)
 
     message = tf.cond(ok, lambda: tf.constant(""),
                       lambda: tf.strings.join([name, ": ", problem()]))
@@ -265,8 +308,13 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
                                          dct_method="INTEGER_ACCURATE")
 
     def decode_other():
+        # A GIF ends after its first image: the trailer (3B) is put where the walk stopped.
+        data = tf.cond(tf.equal(header.format, int(ImageFormat.GIF)),
+                       lambda: tf.strings.join([tf.strings.substr(
+                           image_bytes, tf.constant(0, tf.int64), header.decode_end), ";"]),
+                       lambda: image_bytes)
         return _apply_bmp_palette(
-            image_bytes, tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
+            data, tf.io.decode_image(data, channels=3, expand_animations=False))
 
     # The ratio is a static attribute of the decoder: one branch per ratio, then the rest.
     if jpeg_dct_scaling:
@@ -436,6 +484,88 @@ def _png_complete(image_bytes: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
             image_bytes, tf.maximum(size - _PNG_TAIL_SEARCH_BYTES, 0), size), b"IEND"))
 
 
+def _count_jpeg_scans(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The number of SOS markers: FF is stuffed as FF 00 in entropy-coded data, so every FF DA
+    in the file starts a scan. libjpeg runs a full pass over the image for each (a
+    progressive encoder writes about 10), so their number is the decode's cost factor."""
+    return tf.cast(tf.size(tf.strings.split(image_bytes, sep=b"\xff\xda")), tf.int64) - 1
+
+
+def _read_gif_header(image_bytes: tf.Tensor, size: tf.Tensor):
+    """Walks a GIF to the end of its first image: (height, width, header ok, decode end).
+
+    TensorFlow's GIF decoder (giflib's DGifSlurp) decodes every frame, allocating each frame
+    at the size its image descriptor declares, and the output at the logical screen's size
+    per frame; the screen alone says nothing about either. So the extension blocks are
+    walked to the first image descriptor, whose size is reported when it covers more pixels
+    than the screen, and then its image data sub-blocks to their terminator: decoding stops
+    there (the caller appends the trailer), so later frames cost nothing. Both walks are
+    bounded: _GIF_MAX_BLOCK_STEPS for the extensions, and for image data in sub-blocks of
+    other sizes than the encoders' 255, one step per _GIF_MIN_SUB_BLOCK_BYTES of the file,
+    so a file of tiny sub-blocks is refused after a walk costing about as much as decoding
+    a GIF of its size.
+    """
+    data = tf.io.decode_raw(image_bytes, tf.uint8)  # One copy of the file, not 8 (int64).
+
+    def byte(pos):  # -1 past the end.
+        pos = tf.cast(pos, tf.int64)
+        value = tf.gather(data, tf.clip_by_value(pos, 0, size - 1))
+        return tf.where(tf.logical_and(pos >= 0, pos < size), tf.cast(value, tf.int64), -1)
+
+    def colour_table_bytes(flags):  # Packed flags: table present (0x80), 3 * 2^(n + 1) bytes.
+        return tf.where(flags >= 0x80, 3 * tf.bitwise.left_shift(
+            tf.constant(2, tf.int64), tf.bitwise.bitwise_and(flags, 7)), 0)
+
+    screen_width, screen_height = byte(6) + 256 * byte(7), byte(8) + 256 * byte(9)
+
+    # Blocks before the first image: extensions (21 label, sub-blocks), or it (2C).
+    def block_step(pos, in_extension):
+        value = byte(pos)
+        sub_block = pos + 1 + value
+        next_pos = tf.where(in_extension, tf.where(value > 0, sub_block, pos + 1),
+                            tf.where(tf.equal(value, 0x21), pos + 2, pos))
+        # Outside an extension the loop only runs on its introducer (21), which opens one.
+        return next_pos, tf.logical_or(tf.logical_not(in_extension), value > 0)
+
+    def more_blocks(pos, in_extension):
+        value = byte(pos)
+        return tf.logical_and(value >= 0, tf.logical_or(in_extension, tf.equal(value, 0x21)))
+
+    start = tf.constant(13, tf.int64) + colour_table_bytes(byte(10))
+    descriptor, in_extension = tf.while_loop(
+        more_blocks, block_step, (start, tf.constant(False)),
+        maximum_iterations=_GIF_MAX_BLOCK_STEPS)
+    found = tf.logical_and(tf.logical_not(in_extension), tf.equal(byte(descriptor), 0x2C))
+    frame_width = byte(descriptor + 5) + 256 * byte(descriptor + 6)
+    frame_height = byte(descriptor + 7) + 256 * byte(descriptor + 8)
+
+    # The first image's data: a code size byte, then sub-blocks up to an empty one. Encoders
+    # write 255-byte sub-blocks but the last; while that holds, every 256th byte is a length
+    # of 255, so one strided read finds the last sub-block (exactly: each length read that
+    # way is a true one) and only other layouts are walked one sub-block per step.
+    data_start = descriptor + 11 + colour_table_bytes(byte(descriptor + 9))
+    lengths = tf.strided_slice(data, [tf.minimum(data_start, size)], [size], [256])
+    # A last "length" past the end (-1 there) stops the search if all are 255.
+    short = tf.concat([tf.not_equal(lengths, 255), [True]], axis=0)
+    last = data_start + 256 * tf.argmax(tf.cast(short, tf.int32), output_type=tf.int64)
+    resume = tf.where(byte(last) > 0, last + 1 + byte(last), last)
+
+    def data_step(pos):
+        return (pos + 1 + byte(pos),)
+
+    def more_data(pos):
+        return byte(pos) > 0
+
+    terminator = tf.while_loop(more_data, data_step, (resume,),
+                               maximum_iterations=tf.cast(
+                                   64 + size // _GIF_MIN_SUB_BLOCK_BYTES, tf.int32))[0]
+    ok = tf.reduce_all(tf.stack([size >= 13, found, tf.equal(byte(terminator), 0)]))
+    frame_larger = frame_width * frame_height > screen_width * screen_height
+    return (tf.where(frame_larger, frame_height, screen_height),
+            tf.where(frame_larger, frame_width, screen_width), ok,
+            tf.where(ok, terminator + 1, size))
+
+
 def _describe_problem(code: tf.Tensor, image_format: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     # Joined rather than tf.strings.format, which would put the format names in quotes.
     kind = tf.gather(["unknown", "JPEG", "PNG", "GIF", "BMP"], image_format)
@@ -456,15 +586,24 @@ def _check_args(image_size, max_pixels, jpeg_dct_scaling, name) -> None:
     if (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
             or image_size < 1):
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if max_pixels is not None and (isinstance(max_pixels, bool)
-                                   or not isinstance(max_pixels, numbers.Integral)
-                                   or max_pixels < 1):
-        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    _check_limit("max_pixels", max_pixels)
     if not isinstance(jpeg_dct_scaling, (bool, np.bool_)):
         raise ValueError(f"jpeg_dct_scaling must be a bool, got {jpeg_dct_scaling!r}")
     if not isinstance(name, str) and not (
             tf.is_tensor(name) and name.dtype == tf.string and name.shape.rank in (None, 0)):
         raise ValueError(f"name must be a str or a scalar tf.string tensor, got {name!r}")
+
+
+def _check_limit(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _too_many_scans(header: ImageHeader, max_jpeg_scans: int) -> tf.Tensor:
+    return tf.strings.join(["JPEG with ", tf.strings.as_string(header.scans),
+                            f" scans exceeds the limit of {max_jpeg_scans} (a progressive JPEG "
+                            "has about 10)"])
 
 
 def _megapixels(pixels: int) -> str:
