@@ -10,7 +10,10 @@ outputs are split back. Per BatchingParameters:
   with UNAVAILABLE (the client should retry elsewhere or later);
 * num_batch_threads batches run at once;
 * with allowed_batch_sizes a batch is padded (repeating its first row) to the next allowed
-  size, and the padding is cut off the outputs.
+  size, and the padding is cut off the outputs;
+* deadlines as batching_session.cc (ProcessBatch) handles RunOptions.timeout_in_ms: a task
+  whose deadline passed while queued fails with DEADLINE_EXCEEDED and is left out, and the
+  batch runs with the latest deadline among its tasks (none if any task has none).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import threading
 import time
 from collections.abc import Callable
 
+import grpc
 import numpy as np
 from absl import logging
 
 from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument, unavailable
 
-RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+# (merged inputs, timeout in seconds or None) -> outputs.
+RunFn = Callable[[dict[str, np.ndarray], float | None], dict[str, np.ndarray]]
 
 
 def batch_size_of(inputs: dict[str, np.ndarray]) -> int:
@@ -45,10 +50,10 @@ def batch_size_of(inputs: dict[str, np.ndarray]) -> int:
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "future")
+    __slots__ = ("inputs", "size", "deadline", "future")
 
-    def __init__(self, inputs, size):
-        self.inputs, self.size = inputs, size
+    def __init__(self, inputs, size, deadline):
+        self.inputs, self.size, self.deadline = inputs, size, deadline
         self.future = concurrent.futures.Future()
 
 
@@ -65,7 +70,7 @@ class Batcher:
     def __init__(self, run: RunFn, options: BatchingOptions, *, on_batch=None,
                  name: str = "batcher"):
         """Args:
-          run: the signature call, inputs -> outputs (all of them).
+          run: the signature call, (inputs, timeout seconds or None) -> outputs (all).
           options: resolved BatchingParameters.
           on_batch: called with (batch size, padded size) after each batch runs.
         """
@@ -81,15 +86,21 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, inputs: dict[str, np.ndarray]) -> concurrent.futures.Future:
-        """Queues a request; the future holds its outputs or a ServingError."""
+    def submit(self, inputs: dict[str, np.ndarray], *,
+               deadline: float | None = None) -> concurrent.futures.Future:
+        """Queues a request; the future holds its outputs or a ServingError.
+
+        Args:
+          inputs: the request's tensors, batched along dimension 0.
+          deadline: time.monotonic() by which the caller stops waiting, or None.
+        """
         size = batch_size_of(inputs)
         if size > self._options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch "
                                    f"size {self._options.max_batch_size}")
         key = tuple(sorted((name, str(np.asarray(a).dtype), np.shape(a)[1:])
                            for name, a in inputs.items()))
-        task = _Task(inputs, size)
+        task = _Task(inputs, size, deadline)
         with self._cond:
             if self._stopped:
                 raise unavailable("The batch scheduler is shutting down")
@@ -135,10 +146,23 @@ class Batcher:
 
     def _process(self, batch: _Batch) -> None:
         # Tasks whose callers gave up (deadline) while queued are left out.
-        batch.tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
+        now = time.monotonic()
+        running = []
+        for task in batch.tasks:
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            if task.deadline is not None and task.deadline <= now:
+                task.future.set_exception(ServingError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "Run() timeout exceeded while waiting in batching queue"))
+                continue
+            running.append(task)
+        batch.tasks = running
         batch.size = sum(t.size for t in batch.tasks)
         if not batch.tasks:
             return
+        deadlines = [t.deadline for t in batch.tasks]
+        timeout = None if None in deadlines else max(deadlines) - now
         try:
             names = list(batch.tasks[0].inputs)
             padded = self._padded_size(batch.size)
@@ -149,7 +173,7 @@ class Batcher:
                     first = parts[0][:1]
                     parts.append(np.repeat(first, padded - batch.size, axis=0))
                 merged[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-            outputs = self._run(merged)
+            outputs = self._run(merged, timeout)
             for name, value in outputs.items():
                 if np.ndim(value) == 0 or np.shape(value)[0] != padded:
                     raise invalid_argument(

@@ -123,7 +123,7 @@ class ServingCore:
             outputs = servable.run(signature_name, inputs, timeout=remaining)
         else:
             batcher = self._batcher(servable, signature_name)
-            future = batcher.submit(inputs)
+            future = batcher.submit(inputs, deadline=_DEADLINE.get())
             self.metrics.input_batch_size.observe(value=next(iter(
                 np.shape(a)[0] for a in inputs.values())))
             try:
@@ -150,7 +150,8 @@ class ServingCore:
         with servable.lock:
             if signature_name not in servable.batchers:
                 servable.batchers[signature_name] = Batcher(
-                    lambda merged: servable.run(signature_name, merged),
+                    lambda merged, timeout: servable.run(signature_name, merged,
+                                                         timeout=timeout),
                     self.batching_options(servable),
                     on_batch=self._record_batch,
                     name=f"batch-{servable.name}-{servable.version}-{signature_name}")

@@ -30,12 +30,14 @@ class Recorder:
 
     def __init__(self, gate: threading.Event | None = None):
         self.batches: list[int] = []
+        self.timeouts: list[float | None] = []
         self.gate = gate
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, timeout):
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append(len(inputs["x"]))
+        self.timeouts.append(timeout)
         return {"y": inputs["x"] * 2, "ids": np.arange(len(inputs["x"]))}
 
 
@@ -175,6 +177,26 @@ def test_cancelled_tasks_are_left_out_of_their_batch():
     finally:
         batcher.stop()
     assert run.batches == [2]
+
+
+def test_batches_run_with_their_latest_deadline_and_expired_tasks_are_left_out():
+    """batching_session.cc ProcessBatch: the batch's timeout is its tasks' latest deadline;
+    a task already past its deadline fails and is not run."""
+    run = Recorder()
+    batcher = Batcher(run, options(batch_timeout_micros=0))
+    try:
+        now = time.monotonic()
+        assert batcher.submit({"x": np.ones((1, 1), np.float32)}).result(10)
+        assert batcher.submit({"x": np.ones((1, 1), np.float32)},
+                              deadline=now + 1000).result(10)
+        with pytest.raises(ServingError) as info:
+            batcher.submit({"x": np.ones((1, 1), np.float32)}, deadline=now - 1).result(10)
+    finally:
+        batcher.stop()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.message == "Run() timeout exceeded while waiting in batching queue"
+    assert run.batches == [1, 1]  # The expired task never ran.
+    assert run.timeouts[0] is None and 990 < run.timeouts[1] <= 1000
 
 
 def test_deadline_while_queued_is_deadline_exceeded():
