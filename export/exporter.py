@@ -49,6 +49,7 @@ class ExportConfig:
       keep_versions: after publishing, delete all but this many newest versions (0 = keep all).
       max_pixels: reject images whose header declares more pixels, before decoding.
       jpeg_dct_scaling: decode large JPEGs at 1/2..1/8 scale in the DCT domain.
+      max_jpeg_scans: reject JPEGs with more scans (decoding passes), before decoding.
       warmup_images: encoded images for the warmup file; default: a few from the training
         run's dataset if it is still there, else a synthetic photo.
       warmup_batch_sizes: batch sizes of the warmup requests.
@@ -61,6 +62,7 @@ class ExportConfig:
     keep_versions: int = 0
     max_pixels: int | None = preprocessing.DEFAULT_MAX_PIXELS
     jpeg_dct_scaling: bool = True
+    max_jpeg_scans: int | None = preprocessing.DEFAULT_MAX_JPEG_SCANS
     warmup_images: tuple[str, ...] = ()
     warmup_batch_sizes: tuple[int, ...] = (1, 8)
 
@@ -73,8 +75,9 @@ class ExportConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.keep_versions < 0:
             raise ValueError(f"keep_versions must be >= 0, got {self.keep_versions}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        for name in ("max_pixels", "max_jpeg_scans"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
             raise ValueError(f"warmup batch sizes must be positive: {self.warmup_batch_sizes}")
         return self
@@ -114,19 +117,19 @@ def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> E
     base = pathlib.Path(config.export_base)
     for stale in publish.remove_stale_staging(base):
         logging.info("Removed %s, left by an export that crashed", stale)
-    version = config.version if config.version is not None else publish.next_version(base)
-    publish.check_new_version(base, version)
-
     module = signatures.ServingModule(
         model, labels=labels, image_size=image_size, top_k=config.top_k,
         max_pixels=config.max_pixels, jpeg_dct_scaling=config.jpeg_dct_scaling,
-        labels_file=str(model_dir / LABELS_FILE))
+        max_jpeg_scans=config.max_jpeg_scans, labels_file=str(model_dir / LABELS_FILE))
     images = _warmup_images(config, train_config.data_dir)
     records = warmup.build_warmup_records(images, model_name=base.name,
                                           batch_sizes=config.warmup_batch_sizes)
-    metadata = _metadata(config, train_config, labels, image_size, module, version, model_dir)
 
-    with publish.staging_dir(base) as staging:
+    # Claimed before the expensive work, so concurrent exports of one base build different
+    # versions; a version another live export holds fails here, naming it.
+    with (publish.claim_version(base, config.version) as version,
+          publish.staging_dir(base) as staging):
+        metadata = _metadata(config, train_config, labels, image_size, module, version, model_dir)
         module.save(staging)
         publish.set_method_names(staging, {signatures.CLASSIFY: signatures.CLASSIFY_METHOD})
         warmup.write_warmup_file(staging / warmup.WARMUP_FILE, records)
@@ -176,7 +179,8 @@ def _verify(staging: pathlib.Path, model: keras.Model, records, images: list[byt
                          f"{cause}); nothing was published") from None
     pixels = tf.stack([preprocessing.decode_and_resize(
         image, image_size, max_pixels=config.max_pixels,
-        jpeg_dct_scaling=config.jpeg_dct_scaling) for image in images])
+        jpeg_dct_scaling=config.jpeg_dct_scaling, max_jpeg_scans=config.max_jpeg_scans)
+        for image in images])
     expected = np.asarray(model(pixels, training=False), dtype=np.float32)
     worst = float(np.max(np.abs(served[signatures.PROBABILITIES] - expected)))
     if worst > VERIFY_ATOL:
@@ -206,10 +210,12 @@ def _metadata(config: ExportConfig, train_config, labels: list[str], image_size:
         "labels_file": "assets/" + LABELS_FILE,
         "top_k": module.top_k,
         "preprocessing": {
-            "decode": "JPEG/PNG/GIF/BMP in the graph, EXIF orientation applied, RGB",
+            "decode": "JPEG/PNG/GIF (first frame)/BMP in the graph, EXIF orientation "
+                      "applied, RGB",
             "resize": f"bilinear antialiased squash to {image_size}x{image_size}",
             "jpeg_dct_scaling": config.jpeg_dct_scaling,
             "max_pixels": config.max_pixels,
+            "max_jpeg_scans": config.max_jpeg_scans,
             "pixel_range": "0..255 float32; normalisation inside the model",
         },
         "signatures": {
