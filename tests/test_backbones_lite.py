@@ -6,6 +6,7 @@ import os
 import pathlib
 import pickle
 import re
+import struct
 import subprocess
 import sys
 
@@ -67,14 +68,18 @@ def test_conversion_rejects_missing_and_leftover_tensors(lite0_state):
         lite_weights.convert_state_dict(lite0_state, "lite2")
 
 
-def _legacy_file(path: pathlib.Path, state_pickle: bytes) -> pathlib.Path:
-    """A legacy-format .pth whose state-dict pickle is `state_pickle`, with no storages."""
+def _legacy_file(path: pathlib.Path, state_pickle: bytes,
+                 storages: dict[str, np.ndarray] | None = None) -> pathlib.Path:
+    """A legacy-format .pth whose state-dict pickle is `state_pickle`, then `storages`."""
+    storages = storages or {}
     parts = [0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}]
     with open(path, "wb") as f:
         for part in parts:
             f.write(pickle.dumps(part, protocol=2))
         f.write(state_pickle)
-        f.write(pickle.dumps([], protocol=2))
+        f.write(pickle.dumps(list(storages), protocol=2))
+        for array in storages.values():
+            f.write(struct.pack("<q", array.size) + array.astype("<f4").tobytes())
     return path
 
 
@@ -201,3 +206,109 @@ def test_classify_command_prints_top5_names(tmp_path):
     bad = subprocess.run(cmd[:-1] + [str(not_an_image)], capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode == 1 and "notes.jpg is not a decodable image" in bad.stderr
+
+
+# --- Hostile weights files: crafted with pickle opcodes, no torch needed --------------------
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _str(text: str) -> bytes:
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def _ints(*values: int) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+
+def _tensor(key: str, numel: int, offset: int, size, stride) -> bytes:
+    """The opcodes torch.save writes for one float tensor viewing storage `key`."""
+    storage = (b"(" + _str("storage") + _global("torch", "FloatStorage") + _str(key)
+               + _str("cpu") + b"J" + struct.pack("<i", numel) + b"Nt")
+    return (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + storage + b"Q"
+            + b"J" + struct.pack("<i", offset) + _ints(*size) + _ints(*stride) + b"\x89"
+            + _global("collections", "OrderedDict") + b")Rt" + b"R")
+
+
+def _state(**entries: bytes) -> bytes:
+    """An OrderedDict state dict pickle with the given (already pickled) values."""
+    items = b"".join(_str(name) + value for name, value in entries.items())
+    return b"\x80\x02" + _global("collections", "OrderedDict") + b")R(" + items + b"u."
+
+
+def test_crafted_tensors_with_legal_views_load(tmp_path):
+    storage = np.arange(6, dtype=np.float32)
+    path = _legacy_file(tmp_path / "ok.pth", _state(
+        matrix=_tensor("0", 6, 0, (2, 3), (3, 1)),
+        transposed=_tensor("1", 6, 0, (3, 2), (1, 3)),
+        tail=_tensor("2", 6, 4, (2,), (1,)),
+        unit_dims=_tensor("3", 6, 5, (1, 1), (0, 7))),
+        {"0": storage, "1": storage, "2": storage, "3": storage})
+    arrays = torch_pickle.read_legacy_state_dict(path)
+    np.testing.assert_array_equal(arrays["matrix"], storage.reshape(2, 3))
+    np.testing.assert_array_equal(arrays["transposed"], storage.reshape(2, 3).T)
+    np.testing.assert_array_equal(arrays["tail"], [4, 5])
+    np.testing.assert_array_equal(arrays["unit_dims"], [[5]])
+
+
+@pytest.mark.parametrize("numel,offset,size,stride,error", [
+    (1, 0, (1 << 20,), (0,), "more than once"),  # 4 bytes of storage, a 4 MiB tensor.
+    (4, 0, (2, 2), (1, 1), "more than once"),  # Overlapping rows.
+    (6, 0, (2, 3), (2, 1), "more than once"),
+    (4, 3, (2,), (-1,), "negative"),
+    (4, -1, (2,), (1,), "negative"),
+    (4, 0, (-2,), (1,), "negative"),
+    (3, 0, (4,), (1,), "outside its storage"),  # More elements than the storage holds.
+    (3, 3, (1,), (1,), "outside its storage"),
+    (6, 1, (2, 3), (3, 1), "outside its storage"),
+])
+def test_tensors_reading_outside_or_twice_from_their_storage_are_refused(
+        tmp_path, numel, offset, size, stride, error):
+    path = _legacy_file(tmp_path / "evil.pth", _state(w=_tensor("0", numel, offset, size, stride)),
+                        {"0": np.ones(numel, np.float32)})
+    with pytest.raises(ValueError, match=error):
+        torch_pickle.read_legacy_state_dict(path)
+
+
+def test_many_tensors_viewing_one_storage_cannot_outgrow_the_file(tmp_path):
+    views = {f"w{i}": _tensor("0", 1024, 0, (1024,), (1,)) for i in range(64)}
+    path = _legacy_file(tmp_path / "evil.pth", _state(**views), {"0": np.ones(1024, np.float32)})
+    with pytest.raises(ValueError, match="more bytes than the file"):
+        torch_pickle.read_legacy_state_dict(path)
+
+
+STORAGE_TYPE = _global("torch", "FloatStorage")
+REBUILD = _global("torch._utils", "_rebuild_tensor_v2")
+MUTATIONS = {
+    # BUILD with a dict state writes the instance __dict__: it renamed the process-wide
+    # FloatStorage type so every later load read its floats as halves.
+    "build on a storage type": STORAGE_TYPE + b"}" + _str("name") + _str("HalfStorage") + b"sb",
+    # BUILD with (None, slots) state calls setattr: it rewrote a function's defaults.
+    "build on a function": REBUILD + b"N}" + _str("__defaults__") + b")s\x86b",
+    "setitem on a storage type": STORAGE_TYPE + _str("name") + _str("HalfStorage") + b"s",
+    "setitems on a function": REBUILD + b"(" + _str("a") + _str("b") + b"u",
+    "appends on a function": REBUILD + b"(" + _str("a") + b"e",
+    "call a storage type": STORAGE_TYPE + b")R",
+    "state dict attribute": (_global("collections", "OrderedDict") + b")R}"
+                             + _str("__class__") + b"}sb"),
+    "new object": STORAGE_TYPE + b")\x81",
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_file_cannot_change_anything_outside_its_own_load(tmp_path, lite0_state, mutation):
+    path = _legacy_file(tmp_path / "evil.pth", _state(x=MUTATIONS[mutation]))
+    with pytest.raises(ValueError, match="refusing"):
+        torch_pickle.read_legacy_state_dict(path)
+    assert [t.name for t in (torch_pickle.RestrictedUnpickler._ALLOWED[("torch", name)]
+                             for name in ("FloatStorage", "LongStorage"))] == [
+        "FloatStorage", "LongStorage"]
+    assert torch_pickle._rebuild_tensor_v2.__defaults__ == (False, None, None)
+    # The genuine weights still load, identical to a load before any hostile file.
+    again = torch_pickle.read_legacy_state_dict(lite_weights.source_file("lite0"))
+    assert list(again) == list(lite0_state)
+    for name, array in lite0_state.items():
+        assert again[name].dtype == array.dtype
+        np.testing.assert_array_equal(again[name], array)
