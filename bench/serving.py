@@ -98,8 +98,8 @@ def in_process(base: str, image: bytes, batch: int, duration: float) -> dict:
 
 
 @contextlib.contextmanager
-def server(base: str, batching_file: str | None, threads: int):
-    """The local server in its own process; yields (grpc address, REST URL)."""
+def server(base: str, batching_file: str | None, threads: int, extra_flags: tuple = ()):
+    """The local server in its own process; yields (grpc address, REST URL, its pid)."""
     from clients import GrpcClient, errors
 
     grpc_port, rest_port = _free_port(), _free_port()
@@ -109,6 +109,7 @@ def server(base: str, batching_file: str | None, threads: int):
                f"--rest_api_num_threads={threads}"]
     if batching_file:
         command += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+    command += list(extra_flags)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     try:
@@ -123,7 +124,7 @@ def server(base: str, batching_file: str | None, threads: int):
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("the local server did not load the model")
                 time.sleep(0.5)
-        yield f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
+        yield f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -176,7 +177,7 @@ def main(argv: list[str]) -> None:
             results["batching_parameters"] = f.read()
         for batching in (False, True):
             with server(base, batching_file if batching else None,
-                        _SERVER_THREADS.value) as (grpc, rest):
+                        _SERVER_THREADS.value) as (grpc, rest, _):
                 for row in load(grpc, rest, image, levels, _DURATION.value, _REQUESTS.value):
                     results["runs"].append({"batching": batching, **row})
     ceiling = results["in_process"]

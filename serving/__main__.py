@@ -15,6 +15,10 @@ against either.
         --allow_version_labels_for_unavailable_models
 
 SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.
+
+Flags of this server only (tensorflow_model_server has none of them): --host,
+--max_request_batch_size and --max_request_tensor_bytes (per-request bounds on input
+tensors, refused with INVALID_ARGUMENT before allocation; 0 lifts them).
 """
 
 from __future__ import annotations
@@ -99,6 +103,15 @@ _PER_PROCESS_GPU_MEMORY_FRACTION = flags.DEFINE_float(
 _ENABLE_GRPC_HEALTHCHECK_SERVICE = flags.DEFINE_bool(
     "enable_grpc_healthcheck_service", False, "Accepted; not implemented by this server.")
 _HOST = flags.DEFINE_string("host", "0.0.0.0", "Address to listen on (not a TF Serving flag).")
+_MAX_REQUEST_BATCH_SIZE = flags.DEFINE_integer(
+    "max_request_batch_size", 1024, "Largest dimension 0 of a request's input tensors (and "
+    "number of examples); larger requests fail with INVALID_ARGUMENT before anything is "
+    "allocated. 0: no limit. Not a TF Serving flag (tensorflow_model_server has no bound).")
+_MAX_REQUEST_TENSOR_BYTES = flags.DEFINE_integer(
+    "max_request_tensor_bytes", 1 << 30, "Largest total size in bytes of a request's input "
+    "tensors, counted from the shapes they declare (strings: their bytes + 24 each); larger "
+    "requests fail with INVALID_ARGUMENT before anything is allocated. 0: no limit. Not a "
+    "TF Serving flag (tensorflow_model_server has no bound).")
 
 
 def apply_tensorflow_threads(*, intra_op: int, inter_op: int) -> None:
@@ -143,7 +156,9 @@ def main(argv) -> int:
             allow_version_labels_for_unavailable_models=(
                 _ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS.value),
             enable_signature_method_name_check=_ENABLE_SIGNATURE_METHOD_NAME_CHECK.value,
-            saved_model_tags=_SAVED_MODEL_TAGS.value, host=_HOST.value).validated()
+            saved_model_tags=_SAVED_MODEL_TAGS.value, host=_HOST.value,
+            max_request_batch_size=_MAX_REQUEST_BATCH_SIZE.value,
+            max_request_tensor_bytes=_MAX_REQUEST_TENSOR_BYTES.value).validated()
         server = server_lib.Server(options)
         server.start()
     except Exception as error:  # Bad flags/configs, models that cannot load, busy ports.

@@ -92,6 +92,19 @@ class ServingError(Exception):
         return cls(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
 
+# Error messages echo what clients sent (names, JSON values); TF Serving echoes it whole.
+MAX_MESSAGE_CHARS = 4096
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """message, or its start and end around a note of how much was cut."""
+    if len(message) <= limit:
+        return message
+    head, tail = limit * 3 // 4, limit // 4
+    return (f"{message[:head]}...({len(message) - head - tail} characters cut)..."
+            f"{message[len(message) - tail:]}")
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

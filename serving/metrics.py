@@ -5,6 +5,17 @@ TF Serving registers metrics as "/tensorflow/serving/request_count" and its expo
 [a-zA-Z0-9_] into ':', so Prometheus sees ":tensorflow:serving:request_count". Counters are
 written without a "_total" suffix, histograms as NAME_bucket{...,le="..."}, NAME_sum,
 NAME_count. prometheus_client would rename counters, so the few metrics live here.
+
+Request metrics (request_count, request_latency) are recorded where TF Serving records them:
+every REST request (model_servers/http_server.cc:194-201, API = the URL's verb, "" for the
+status and metadata GETs), and only Predict, Classify and Regress over gRPC
+(model_servers/prediction_service_impl.cc:52-59, 91-98, 119-126; GetModelMetadata,
+MultiInference and GetModelStatus record nothing). One deliberate difference: TF Serving
+labels them with whatever model name the request carries, so every distinct name a client
+sends (3,000 names, or 256 KiB ones) adds series forever. Here a name the server does not
+track as a model (no version of it in :serving_local:model_version_state) is recorded as
+model_name="", the label TF Serving gives requests that name no model, so the label sets
+stay bounded by the configured models.
 """
 
 from __future__ import annotations
@@ -12,6 +23,8 @@ from __future__ import annotations
 import bisect
 import re
 import threading
+
+UNKNOWN_MODEL = ""  # The model_name of requests that name no model the server tracks.
 
 
 def prometheus_name(name: str) -> str:
@@ -68,6 +81,11 @@ class Counter(_Metric):
     def value(self, *labels) -> int:
         with self._lock:
             return self._values.get(self._key(labels), 0)
+
+    def has_label(self, index: int, value: str) -> bool:
+        """Whether some series has label number index equal to value."""
+        with self._lock:
+            return any(key[index] == value for key in self._values)
 
     def lines(self) -> list[str]:
         with self._lock:
@@ -177,6 +195,19 @@ class Metrics:
             "/serving_local/model_version_state",
             "Servable versions by state (1 for the version's current state).",
             ("model_name", "version", "state"))
+
+    def model_label(self, name: str) -> str:
+        """The model_name label of a request for name (see the module docstring)."""
+        return name if name and self.model_state.has_label(0, name) else UNKNOWN_MODEL
+
+    def record_request(self, model_name: str, status: str, *, api: str, entrypoint: str,
+                       latency_us: float) -> None:
+        """RecordModelRequestCount, and RecordRequestLatency when status is "OK"
+        (servables/tensorflow/util.cc:117-123, 358-361)."""
+        label = self.model_label(model_name)
+        if status == "OK":
+            self.request_latency.observe(label, api, entrypoint, value=latency_us)
+        self.request_count.inc(label, status)
 
     def all(self) -> list[_Metric]:
         return [v for v in vars(self).values() if isinstance(v, _Metric)]

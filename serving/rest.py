@@ -7,7 +7,17 @@ http_rest_api_handler.cc, http_rest_api_util.cc, g3doc/api_rest.md).
 
 Every answer is JSON; errors are {"error": message} with TF Serving's status-to-HTTP
 mapping. The model work runs on a thread pool, each request bounded by
---rest_api_timeout_in_ms. Gzip request bodies (Content-Encoding: gzip) are accepted.
+--rest_api_timeout_in_ms and by the request limits (tensors.RequestLimits).
+
+Request bodies: a Content-Encoding containing "gzip" is inflated, at most
+MAX_UNCOMPRESSED_BYTES (100 MiB) and a single gzip member whose size and CRC check, as
+net_http does (server/internal/evhttp_request.cc:261-289, compression/gzip_zlib.cc:783-810);
+a body that fails that is read as empty (evhttp_request.cc:251-257), so the JSON APIs answer
+400 "JSON Parse error: The document is empty" (here with the reason appended). Other
+encodings (deflate, br...) are not decoded: the bytes go to the JSON parser as they are. As
+in TF Serving, what a body may take inflated is bounded by the size its footer declares
+(<= 100 MiB), however far its data would inflate. Bodies above max_body_bytes (on the wire)
+are refused with 413 before any of that (a local-server limit; TF Serving has none).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import re
 import threading
 import time
 import urllib.parse
+import zlib
 
 import grpc
 from absl import logging
@@ -31,10 +42,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import rest_json
+from serving import rest_json, tensors
 from serving.core import SIGNATURE_DEF_FIELD, ServingCore, request_deadline
 from serving.errors import ServingError, http_status, invalid_argument
-from serving.metrics import Metrics
+from serving.metrics import UNKNOWN_MODEL, Metrics
 
 # http_rest_api_util.cc (the "Gegex" spelling is TF Serving's).
 _PREDICTION_API = re.compile(
@@ -46,7 +57,39 @@ _MODEL_STATUS_API = re.compile(
 _HANDLED = re.compile(r"(?i)/v1/.*")  # kHTTPRestApiHandlerPathRegex
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+MAX_UNCOMPRESSED_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes, gzip_zlib.h:100
 JSON_TYPE = "application/json"
+
+
+class BodyError(ValueError):
+    """A compressed request body that TF Serving would read as empty."""
+
+
+def gunzip(data: bytes, limit: int = MAX_UNCOMPRESSED_BYTES) -> bytes:
+    """One gzip member, inflated to at most the smaller of its footer's size and limit.
+
+    ZLib::UncompressGzipAndAllocate refuses a footer that declares more than the limit,
+    then inflates into a buffer of the declared size and checks size and CRC; the same
+    outcome here, inflating in a stream that stops one byte past the declared size.
+
+    Raises:
+      BodyError: the body is refused (message says why).
+    """
+    declared = int.from_bytes(data[-4:], "little") if len(data) > 4 else 0
+    if declared > limit:
+        raise BodyError(f"its gzip footer declares {declared} uncompressed bytes, more than "
+                        f"the limit of {limit}")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip wrapper only
+    try:
+        out = inflater.decompress(data, declared + 1)
+    except zlib.error as error:
+        raise BodyError(f"it is not valid gzip data ({error})") from None
+    if len(out) > declared:
+        raise BodyError(f"it inflates to more than the {declared} bytes its gzip footer "
+                        "declares")
+    if not inflater.eof or inflater.unused_data:
+        raise BodyError("it is not a single complete gzip member")
+    return out
 
 
 def _json_print(message) -> str:
@@ -76,8 +119,9 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
 class RestApi:
     """The request processing, independent of aiohttp (one call per request)."""
 
-    def __init__(self, core: ServingCore):
+    def __init__(self, core: ServingCore, *, max_uncompressed_bytes: int = MAX_UNCOMPRESSED_BYTES):
         self.core = core
+        self.max_uncompressed_bytes = max_uncompressed_bytes
 
     @staticmethod
     def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
@@ -92,19 +136,34 @@ class RestApi:
             spec.version_label = urllib.parse.unquote(label)
         return spec
 
-    def process(self, method: str, path: str, body: bytes) -> tuple[str, str, str]:
-        """(JSON output, model name, API) or raises ServingError, like ProcessRequest."""
+    def document(self, body: bytes, content_encoding: str = "") -> dict:
+        """The JSON object of a POST body, inflated first if it is gzip (ParseJson)."""
+        if body and "gzip" in content_encoding:  # NeedUncompressGzipContent: a substring.
+            try:
+                body = gunzip(body, self.max_uncompressed_bytes)
+            except BodyError as error:
+                raise invalid_argument("JSON Parse error: The document is empty (the request "
+                                       f"body was read as empty: {error})") from None
+        return rest_json.parse_json(body)
+
+    def process(self, method: str, path: str, body: bytes, content_encoding: str = "",
+                ) -> tuple[str, str, str]:
+        """(JSON output, model name, API) or raises ServingError, like ProcessRequest.
+
+        API is the metric label TF Serving records: the URL's verb, "" for GETs.
+        """
         if method == "POST":
             match = _PREDICTION_API.fullmatch(path)
             if match:
                 name, version, label, api = match.groups()
                 spec = self._model_spec(name, version, label)
                 api = api.lower()
+                doc = self.document(body, content_encoding)
                 if api == "predict":
-                    return self._predict(spec, body), spec.name, api
+                    return self._predict(spec, doc), spec.name, api
                 if api == "classify":
-                    return self._classify(spec, body), spec.name, api
-                return self._regress(spec, body), spec.name, api
+                    return self._classify(spec, doc), spec.name, api
+                return self._regress(spec, doc), spec.name, api
         elif method == "GET":
             match = _MODEL_STATUS_API.fullmatch(path)
             if match:
@@ -115,14 +174,12 @@ class RestApi:
                 if subresource:
                     request = get_model_metadata_pb2.GetModelMetadataRequest(
                         model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
-                    return (metadata_json(self.core.get_model_metadata(request)), spec.name,
-                            "metadata")
+                    return metadata_json(self.core.get_model_metadata(request)), spec.name, ""
                 request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-                return status_json(self.core.get_model_status(request)), spec.name, "status"
+                return status_json(self.core.get_model_status(request)), spec.name, ""
         raise invalid_argument(f"Malformed request: {method} {path}")
 
-    def _predict(self, spec, body: bytes) -> str:
-        doc = rest_json.parse_json(body)
+    def _predict(self, spec, doc: dict) -> str:
         spec.signature_name = rest_json.signature_name(doc)
         fmt = []
 
@@ -134,14 +191,14 @@ class RestApi:
         outputs = self.core.predict_json(spec, build)
         return rest_json.predict_response(outputs, fmt[0])
 
-    def _classify(self, spec, body: bytes) -> str:
+    def _classify(self, spec, doc: dict) -> str:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
-        rest_json.fill_example_request(rest_json.parse_json(body), request)
+        rest_json.fill_example_request(doc, request)
         return rest_json.classify_response(self.core.classify(request).result)
 
-    def _regress(self, spec, body: bytes) -> str:
+    def _regress(self, spec, doc: dict) -> str:
         request = regression_pb2.RegressionRequest(model_spec=spec)
-        rest_json.fill_example_request(rest_json.parse_json(body), request)
+        rest_json.fill_example_request(doc, request)
         return rest_json.regress_response(self.core.regress(request).result)
 
 
@@ -152,8 +209,12 @@ class RestServer:
                  timeout_in_ms: int = 30000, num_threads: int = 8,
                  prometheus_path: str | None = None, metrics: Metrics | None = None,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_uncompressed_bytes: int = MAX_UNCOMPRESSED_BYTES,
+                 limits: tensors.RequestLimits | None = None,
                  enable_cors_support: bool = False):
-        self.api = RestApi(core)
+        """limits bound each request's input tensors (None: no bound, as TF Serving)."""
+        self.api = RestApi(core, max_uncompressed_bytes=max_uncompressed_bytes)
+        self.limits = limits
         self.metrics = metrics or core.metrics
         self.host, self.port = host, port
         self.timeout = timeout_in_ms / 1000 if timeout_in_ms > 0 else None
@@ -203,7 +264,10 @@ class RestServer:
     async def _start_site(self) -> None:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Bodies are inflated (gzip only, bounded) on the pool, not by aiohttp, which also
+        # takes deflate and inflates without a bound before client_max_size is checked.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -232,12 +296,15 @@ class RestServer:
         if not self._accepting:
             return self._error(ServingError(grpc.StatusCode.UNAVAILABLE,
                                             "Server is shutting down"))
-        if request.method == "OPTIONS":
-            if re.search(r"https?://", request.headers.get("Origin", "")):
-                return web.Response(status=200, headers=self._headers())
-            return self._error(ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                                            "Origin header is missing in CORS preflight"))
         started = time.monotonic()
+        if request.method == "OPTIONS":  # Counted like any request (http_server.cc:170-201).
+            if re.search(r"https?://", request.headers.get("Origin", "")):
+                self._record(UNKNOWN_MODEL, "OK", "", started)
+                return web.Response(status=200, headers=self._headers())
+            error = ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 "Origin header is missing in CORS preflight")
+            self._record(UNKNOWN_MODEL, error.code_name, "", started)
+            return self._error(error)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -245,36 +312,38 @@ class RestServer:
                 status=413, headers=self._headers(),
                 text=rest_json.error_body(f"Request body larger than the server's limit of "
                                           f"{self.max_body_bytes} bytes"))
-        except Exception as error:  # Corrupt gzip and other unreadable bodies.
+        except Exception as error:  # A connection cut mid-body and the like.
             return self._error(invalid_argument(f"Failed to read the request body: {error}"))
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, self._process, request.method, path, body)
+        work = loop.run_in_executor(self._pool, self._process, request.method, path, body,
+                                    request.headers.get("Content-Encoding", ""))
         try:
             status, text, model, api = await asyncio.wait_for(work, self.timeout)
         except asyncio.TimeoutError:
             error = ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  "Deadline Exceeded: the request took longer than "
                                  f"--rest_api_timeout_in_ms={self.timeout * 1000:.0f}")
-            self.metrics.request_count.inc(self._model_of(path), error.code_name)
+            self._record(self._model_of(path), error.code_name, "", started)
             return self._error(error)
-        if status.code == grpc.StatusCode.OK:
-            self.metrics.request_latency.observe(model, api, "REST",
-                                                 value=(time.monotonic() - started) * 1e6)
-        self.metrics.request_count.inc(model, status.code_name)
+        self._record(model, status.code_name, api, started)
         if status.code != grpc.StatusCode.OK:
             return self._error(status)
         return web.Response(status=200, headers=self._headers(), text=text)
+
+    def _record(self, model: str, status: str, api: str, started: float) -> None:
+        self.metrics.record_request(model, status, api=api, entrypoint="REST",
+                                    latency_us=(time.monotonic() - started) * 1e6)
 
     @staticmethod
     def _model_of(path: str) -> str:
         match = re.match(r"(?i)/v1/models/([^/:]+)", path)
         return urllib.parse.unquote(match[1]) if match else ""
 
-    def _process(self, method: str, path: str, body: bytes):
+    def _process(self, method: str, path: str, body: bytes, content_encoding: str):
         """Runs on the pool: never raises (a bad request must not hurt the server)."""
         try:
-            with request_deadline(self.timeout):
-                text, model, api = self.api.process(method, path, body)
+            with request_deadline(self.timeout), tensors.request_limits(self.limits):
+                text, model, api = self.api.process(method, path, body, content_encoding)
             return ServingError(grpc.StatusCode.OK, ""), text, model, api
         except ServingError as error:
             return error, "", self._model_of(path), ""

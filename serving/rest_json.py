@@ -6,6 +6,9 @@ document are ignored (rapidjson kParseStopWhenDoneFlag). Responses: "predictions
 requests, "outputs" for columnar ones; string outputs named *_bytes come back as
 {"b64": ...}; floats are written like WriteDecimal: %g with 6 digits when that round-trips,
 else max_digits10 (9 for float32, 17 for float64), plus ".0" on whole numbers.
+
+Errors keep TF Serving's messages, but echo at most ECHO_CHARS of a JSON value and
+errors.MAX_MESSAGE_CHARS in all (TF Serving echoes the whole value, whatever its size).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from serving import tensors
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, bounded, invalid_argument
 
 ROW, COLUMNAR = "row", "columnar"
 
@@ -32,9 +35,29 @@ _INT_RANGES = {
 }
 
 
-def debug_string(value) -> str:
-    """JsonValueToDebugString: the value re-serialised compactly."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+# How much of a JSON value an error message echoes. JsonValueToDebugString echoes all of it
+# (util/json_tensor.cc), so a 50 MB malformed body came back as a 50 MB error.
+ECHO_CHARS = 1024
+
+
+def debug_string(value, limit: int = ECHO_CHARS) -> str:
+    """JsonValueToDebugString: the value re-serialised compactly, cut after limit chars.
+
+    Encodes incrementally, so a huge document is not serialised just to be cut.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+    parts, size = [], 0
+    try:
+        for chunk in encoder.iterencode(value):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+        else:
+            return "".join(parts)
+    except RecursionError:  # Nested about as deep as the parser allows.
+        pass
+    return "".join(parts)[:limit] + "...(cut)"
 
 
 def type_string(value) -> str:
@@ -161,13 +184,30 @@ def _fill(value, level: int, shape: list[int], dtype: int, out: list) -> None:
         _fill(item, level + 1, shape, dtype, out)
 
 
-def to_array(value, dtype: int) -> np.ndarray:
-    """A JSON value (scalar, nested lists, b64 objects) -> numpy array of dtype."""
+def to_array(value, dtype: int, name: str = "", *, max_dims: int = tensors.MAX_DIMS,
+             ) -> np.ndarray:
+    """A JSON value (scalar, nested lists, b64 objects) -> numpy array of dtype.
+
+    Its size counts against the request's limits (tensors.reserve_bytes).
+    """
     shape = _dense_shape(value)
+    if len(shape) > max_dims:
+        # rapidjson parses any depth (kParseIterativeFlag, json_tensor.cc ParseJson) and
+        # TensorFlow takes up to 254 dims; numpy stops at 64, so refuse it here, clearly.
+        raise invalid_argument(
+            f"JSON Value nested {len(shape)} lists deep: input {name} would have "
+            f"{len(shape) + tensors.MAX_DIMS - max_dims} dimensions, more than the "
+            f"{tensors.MAX_DIMS} this server supports")
+    np_type = tensors.numpy_dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    what = f"{tensors.dtype_string(dtype)} {_shape_string(shape)}"
+    if np_type is not object:  # Strings are counted once decoded.
+        tensors.reserve_bytes(name, count * np.dtype(np_type).itemsize, what)
     leaves: list = []
     _fill(value, 0, shape, dtype, leaves)
-    np_type = tensors.numpy_dtype(dtype)
     if np_type is object:
+        tensors.reserve_bytes(name, count * tensors.STRING_ELEMENT_BYTES
+                              + sum(len(v) for v in leaves), what)
         array = np.empty(len(leaves), dtype=object)
         array[:] = leaves
         return array.reshape(shape)
@@ -192,13 +232,16 @@ def inputs_from_instances(instances: list, input_infos) -> dict[str, np.ndarray]
         raise invalid_argument("instances is a plain list, but expecting list of objects as "
                                "multiple input tensors required as per tensorinfo_map")
     objects = _is_element_object(instances[0])
+    for name in names:  # Every input's dimension 0 is the number of instances.
+        tensors.check_batch(name, len(instances))
     values: dict[str, list] = {}
     shapes: dict[str, list[int]] = {}
 
     def add(item, name: str) -> None:
         if name not in input_infos:
             raise invalid_argument(f"JSON object: does not have named input: {name}")
-        array = to_array(item, input_infos[name].dtype)
+        # Stacking the instances adds dimension 0.
+        array = to_array(item, input_infos[name].dtype, name, max_dims=tensors.MAX_DIMS - 1)
         if name not in shapes:
             shapes[name] = list(array.shape)
         elif array.size != int(np.prod(shapes[name])):
@@ -236,6 +279,13 @@ def inputs_from_instances(instances: list, input_infos) -> dict[str, np.ndarray]
     return {name: np.stack(arrays) for name, arrays in values.items()}
 
 
+def _column(value, name: str, dtype: int) -> np.ndarray:
+    shape = _dense_shape(value)
+    if shape:
+        tensors.check_batch(name, shape[0])
+    return to_array(value, dtype, name)
+
+
 def inputs_from_columns(inputs, input_infos) -> dict[str, np.ndarray]:
     """FillTensorMapFromInputsMap: columnar format -> one array per named input."""
     names = sorted(input_infos.keys())
@@ -243,12 +293,12 @@ def inputs_from_columns(inputs, input_infos) -> dict[str, np.ndarray]:
         if len(names) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as "
                                    "multiple input tensors required as per tensorinfo_map")
-        return {names[0]: to_array(inputs, input_infos[names[0]].dtype)}
+        return {names[0]: _column(inputs, names[0], input_infos[names[0]].dtype)}
     arrays = {}
     for name in names:
         if name not in inputs:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        arrays[name] = to_array(inputs[name], input_infos[name].dtype)
+        arrays[name] = _column(inputs[name], name, input_infos[name].dtype)
     return arrays
 
 
@@ -336,6 +386,7 @@ def fill_example_request(doc: dict, request) -> None:
     if not examples:
         raise invalid_argument(f"JSON Value: {debug_string(doc)} 'examples' value is an empty "
                                "array")
+    tensors.check_batch("examples", len(examples))
     for value in examples:
         target = (request.input.example_list_with_context.examples.add() if has_context
                   else request.input.example_list.examples.add())
@@ -450,5 +501,5 @@ def regress_response(result) -> str:
 
 
 def error_body(message: str) -> str:
-    """MakeJsonFromStatus: {"error": message}."""
-    return json.dumps({"error": message}, ensure_ascii=False)
+    """MakeJsonFromStatus: {"error": message}, the message bounded (errors.bounded)."""
+    return json.dumps({"error": bounded(message)}, ensure_ascii=False)

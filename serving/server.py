@@ -18,6 +18,7 @@ import threading
 from absl import logging
 
 from serving import config as config_lib
+from serving import tensors
 from serving.core import ServingCore
 from serving.grpc_service import create_grpc_server, parse_channel_arguments
 from serving.manager import ModelManager
@@ -53,6 +54,11 @@ class ServerOptions:
     saved_model_tags: str = "serve"
     host: str = "0.0.0.0"  # Not a TF Serving flag: the listening address (tests: 127.0.0.1).
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # Not a flag: REST body limit (413).
+    # Not TF Serving flags (tensorflow_model_server has no such bounds): what one request's
+    # input tensors may materialise, checked before allocation (tensors.RequestLimits;
+    # 0 = no limit). The flags of python -m serving have the same names.
+    max_request_batch_size: int = tensors.DEFAULT_MAX_REQUEST_BATCH_SIZE
+    max_request_tensor_bytes: int = tensors.DEFAULT_MAX_REQUEST_TENSOR_BYTES
 
     def validated(self) -> ServerOptions:
         """Raises ValueError for the combinations tensorflow_model_server refuses."""
@@ -70,7 +76,13 @@ class ServerOptions:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name} out of range: {getattr(self, name)}")
         parse_channel_arguments(self.grpc_channel_arguments)
+        self.request_limits()
         return self
+
+    def request_limits(self) -> tensors.RequestLimits:
+        """The per-request tensor bounds; ValueError if negative."""
+        return tensors.RequestLimits(max_batch_size=self.max_request_batch_size,
+                                     max_tensor_bytes=self.max_request_tensor_bytes)
 
     def model_server_config(self):
         if self.model_config_file:
@@ -119,7 +131,8 @@ class Server:
         self.grpc_server, self.grpc_port = create_grpc_server(
             self.core, port=self.options.port, host=self.options.host,
             max_threads=self.options.grpc_max_threads or threads,
-            channel_arguments=self.options.grpc_channel_arguments)
+            channel_arguments=self.options.grpc_channel_arguments,
+            limits=self.options.request_limits())
         self.grpc_server.start()
         logging.info("Running gRPC ModelServer at %s:%d ...", self.options.host,
                      self.grpc_port)
@@ -144,6 +157,7 @@ class Server:
             num_threads=self.options.rest_api_num_threads or threads,
             prometheus_path=self.prometheus_path, metrics=self.metrics,
             max_body_bytes=self.options.max_body_bytes,
+            limits=self.options.request_limits(),
             enable_cors_support=self.options.rest_api_enable_cors_support)
         self.rest_port = self.rest_server.start()
         logging.info("Exporting HTTP/REST API at:localhost:%d ...", self.rest_port)

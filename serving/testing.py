@@ -274,3 +274,35 @@ def png_of_size(width: int, height: int, seed: int = 0) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return tf.io.encode_png(pixels, compression=0).numpy()
 
+
+def encode_image(image, fmt: str, **kwargs) -> bytes:
+    """A PIL image encoded in memory."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gif_bomb() -> bytes:
+    """A real 12000 x 12000 (144 MP) single-colour GIF of ~50 KB, re-labelled as a 10 x 10
+    screen: the screen is all that an image header reader stopping there sees."""
+    from PIL import Image
+
+    data = bytearray(encode_image(Image.new("P", (12000, 12000), 1), "GIF"))
+    data[6:10] = (10).to_bytes(2, "little") * 2
+    return bytes(data)
+
+
+def progressive_scan_bomb(side: int = 4000, repeats: int = 2000) -> bytes:
+    """A side x side progressive JPEG whose last scan is repeated: every repetition is one
+    more decoding pass over the whole image."""
+    import numpy as np
+    from PIL import Image
+
+    gradient = np.add.outer(np.arange(side) // 16, np.arange(side) // 16).astype(np.uint8)
+    data = encode_image(Image.fromarray(gradient).convert("RGB"), "JPEG", progressive=True,
+                       quality=70)
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
+
