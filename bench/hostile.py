@@ -24,12 +24,10 @@ import platform
 import tempfile
 import time
 
-from absl import app, flags
+from absl import app
 
 from bench.coldstart import read_memory
-from bench.serving import server
-
-_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+from bench.serving import _JSON, server
 
 MODEL_NAME = "bench"
 IMAGE_SIZE = 32
