@@ -175,7 +175,7 @@ class RestClient(_base.ClientBase):
         body = {"signature_name": signature,
                 "examples": [{_base.EXAMPLE_IMAGE_KEY: _b64(data)} for data in encoded]}
         result = self._request("POST", self._model_url() + ":classify", body, timeout,
-                               headers).get("result", [])
+                               headers).get("results", [])
         return _base.predictions_from_rows([[pair[0] for pair in row] for row in result],
                                            [[pair[1] for pair in row] for row in result],
                                            None, len(encoded), top_k)

@@ -202,12 +202,21 @@ class ServingCore:
                 f"len({{{','.join(sorted(signature_keys))}}}). Sent extra: "
                 f"{{{','.join(sorted(request_keys - signature_keys))}}}. Missing but required: "
                 f"{{{','.join(sorted(signature_keys - request_keys))}}}.")
-        extra = sorted(request_keys - signature_keys)
+        # saved_model::GetInputValues (tensorflow/cc/saved_model/util.cc), which predict_util
+        # calls next: a signature input neither sent nor defaulted, then unused request ones.
         missing = sorted(k for k in signature_keys - request_keys if k not in defaults)
-        if extra or missing:
+        if missing:
             raise invalid_argument(
-                f"input tensor alias not found in signature: {(extra or missing)[0]}. Inputs "
-                f"expected to be in the set {{{','.join(sorted(signature_keys))}}}.")
+                f"Signature input alias: {missing[0]}(feed name: "
+                f"{signature.inputs[missing[0]].name}) not found in request and no default "
+                f"value provided. Inputs expected to be in the request "
+                f"{{{','.join(sorted(request_keys))}}}, or default input alias set: "
+                f"{','.join(sorted(defaults))}")
+        if request_keys - signature_keys:
+            raise invalid_argument(
+                "Inputs contains invalid name. Used request inputs: "
+                f"{','.join(sorted(request_keys & signature_keys))}, request input: "
+                f"{','.join(sorted(request_keys))}")
         arrays = {}
         for index, alias in enumerate(_sorted_keys(signature.inputs)):
             info = signature.inputs[alias]
@@ -255,7 +264,14 @@ class ServingCore:
         spec.version.value = servable.version
         return spec
 
+    @staticmethod
+    def _require_model_spec(request) -> None:
+        """predict_impl.cc:40, classification_service.cc:38, regression_service.cc:36."""
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        self._require_model_spec(request)
         with self.manager.servable(request.model_spec) as servable:
             return self._predict_proto(servable, request)
 
@@ -317,15 +333,15 @@ class ServingCore:
             if len(signature.outputs) not in (1, 2):
                 raise invalid_argument(
                     f"Expected one or two output Tensors, found {len(signature.outputs)}")
-        elif len(signature.outputs) != 1:
-            raise invalid_argument(
-                f"Expected one output Tensor, found {len(signature.outputs)}")
+        elif len(signature.outputs) != 1:  # regressor.cc PreProcessRegression
+            raise invalid_argument("Expected one output Tensor.")
         if "inputs" not in signature.inputs:
             raise invalid_argument(f"No {api} inputs found in SignatureDef: {signature}")
         return signature_name, signature
 
     def classify(self, request: classification_pb2.ClassificationRequest,
                  ) -> classification_pb2.ClassificationResponse:
+        self._require_model_spec(request)
         with self.manager.servable(request.model_spec) as servable:
             return self._classify_on(servable, request)
 
@@ -383,6 +399,7 @@ class ServingCore:
 
     def regress(self, request: regression_pb2.RegressionRequest,
                 ) -> regression_pb2.RegressionResponse:
+        self._require_model_spec(request)
         with self.manager.servable(request.model_spec) as servable:
             return self._regress_on(servable, request)
 

@@ -383,8 +383,10 @@ class ModelManager:
 
         Raises:
           ServingError: NOT_FOUND "Servable not found for request: Specific(name, 3)" /
-            "Latest(name)"; INVALID_ARGUMENT for an unknown label.
+            "Latest(name)"; INVALID_ARGUMENT for an unknown label or no name.
         """
+        if not spec.name:  # ServerCore::ServableRequestFromModelSpec (server_core.cc:843)
+            raise invalid_argument("ModelSpec has no name specified.")
         version, request = self._resolve_version(spec)
         with self._lock:
             versions = self._versions.get(spec.name, {})

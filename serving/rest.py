@@ -152,12 +152,14 @@ class RestApi:
 
         API is the metric label TF Serving records: the URL's verb, "" for GETs.
         """
+        # The regexes ignore case, the dispatch on their captures does not
+        # (http_rest_api_handler.cc ProcessRequest): ":PREDICT" and "/METADATA" match, then
+        # fall through to "Malformed request" and to a status request.
         if method == "POST":
             match = _PREDICTION_API.fullmatch(path)
-            if match:
+            if match and match[4] in ("predict", "classify", "regress"):
                 name, version, label, api = match.groups()
                 spec = self._model_spec(name, version, label)
-                api = api.lower()
                 doc = self.document(body, content_encoding)
                 if api == "predict":
                     return self._predict(spec, doc), spec.name, api
@@ -171,7 +173,7 @@ class RestApi:
                 if not name:
                     raise invalid_argument("Missing model name in request.")
                 spec = self._model_spec(name, version, label)
-                if subresource:
+                if subresource == "metadata":
                     request = get_model_metadata_pb2.GetModelMetadataRequest(
                         model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
                     return metadata_json(self.core.get_model_metadata(request)), spec.name, ""
@@ -283,13 +285,20 @@ class RestServer:
                             "Access-Control-Allow-Headers": "Content-Type"})
         return headers
 
+    def _response(self, status: int, text: str) -> web.Response:
+        # Bytes, not text=: aiohttp would append "; charset=utf-8" to the Content-Type,
+        # which TF Serving sends as exactly "application/json" (http_rest_api_util.cc).
+        return web.Response(status=status, headers=self._headers(), body=text.encode())
+
     def _error(self, error: ServingError) -> web.Response:
-        return web.Response(status=http_status(error.code), headers=self._headers(),
-                            text=rest_json.error_body(error.message))
+        return self._response(http_status(error.code), rest_json.error_body(error.message))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.rel_url.raw_path
-        if self.prometheus_path and path == self.prometheus_path and request.method == "GET":
+        # TF Serving matches the path with its query string (EvHTTPRequest::uri_path is
+        # path_and_query): "?x=1" becomes part of a model name or breaks the match.
+        path = request.rel_url.raw_path_qs
+        if (self.prometheus_path and request.rel_url.raw_path == self.prometheus_path
+                and request.method == "GET"):
             return web.Response(text=self.metrics.render(), content_type="text/plain")
         if not _HANDLED.fullmatch(path):
             return web.Response(status=404, text="404 Not Found")
@@ -308,10 +317,8 @@ class RestServer:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return web.Response(
-                status=413, headers=self._headers(),
-                text=rest_json.error_body(f"Request body larger than the server's limit of "
-                                          f"{self.max_body_bytes} bytes"))
+            return self._response(413, rest_json.error_body(
+                f"Request body larger than the server's limit of {self.max_body_bytes} bytes"))
         except Exception as error:  # A connection cut mid-body and the like.
             return self._error(invalid_argument(f"Failed to read the request body: {error}"))
         loop = asyncio.get_running_loop()
@@ -328,7 +335,7 @@ class RestServer:
         self._record(model, status.code_name, api, started)
         if status.code != grpc.StatusCode.OK:
             return self._error(status)
-        return web.Response(status=200, headers=self._headers(), text=text)
+        return self._response(200, text)
 
     def _record(self, model: str, status: str, api: str, started: float) -> None:
         self.metrics.record_request(model, status, api=api, entrypoint="REST",

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 
 import grpc
 import numpy as np
@@ -79,21 +80,64 @@ def type_string(value) -> str:
 def parse_json(body: bytes | str) -> dict:
     """ParseJson: a JSON object or INVALID_ARGUMENT."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    if not text:
+    if not text:  # json_tensor.cc ParseJson, before rapidjson runs.
         raise invalid_argument("JSON Parse error: The document is empty")
-    stripped = text.lstrip()
+    stripped = text.lstrip(" \t\n\r")
     if not stripped:
-        raise invalid_argument("JSON Parse error: The document is empty")
+        raise invalid_argument(f"JSON Parse error: {_RAPIDJSON_EMPTY} at offset: {len(text)}")
     try:
-        doc, _ = json.JSONDecoder().raw_decode(stripped)
+        doc, _ = json.JSONDecoder().raw_decode(stripped)  # Stops when done, as rapidjson.
     except json.JSONDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: {error.msg} at offset: "
-                               f"{error.pos + len(text) - len(stripped)}") from None
+        offset = error.pos + len(text) - len(stripped)
+        if error.msg.startswith("Unterminated string"):  # rapidjson notices at the end.
+            offset = len(text)
+        raise invalid_argument(f"JSON Parse error: {_rapidjson_message(error, text, offset)} "
+                               f"at offset: {offset}") from None
     except RecursionError:
         raise invalid_argument("JSON Parse error: nesting too deep") from None
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {debug_string(doc)} Is not object")
     return doc
+
+
+# rapidjson's GetParseError_En wording for what Python's json reports (en.h).
+_RAPIDJSON_EMPTY = "The document is empty."
+_RAPIDJSON_MESSAGES = (
+    ("Expecting value", "Invalid value."),
+    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+)
+
+
+def _rapidjson_message(error: json.JSONDecodeError, text: str, offset: int) -> str:
+    if error.msg.startswith("Expecting ',' delimiter"):
+        return ("Missing a comma or '}' after an object member."
+                if _innermost_container(text, offset) == "{"
+                else "Missing a comma or ']' after an array element.")
+    for python, rapidjson in _RAPIDJSON_MESSAGES:
+        if error.msg.startswith(python):
+            return rapidjson
+    return "Unspecific syntax error."
+
+
+def _innermost_container(text: str, end: int) -> str:
+    """The bracket ('{' or '[') open at text[end], skipping strings."""
+    stack, in_string, escaped = [], False, False
+    for char in text[:end]:
+        if in_string:
+            escaped, in_string = (not escaped and char == "\\"), (
+                in_string and (escaped or char != '"'))
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
 
 
 def signature_name(doc: dict) -> str:
@@ -113,7 +157,8 @@ def decode_b64(value) -> bytes:
     if not _is_b64(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly "
                                "for base64 data")
-    text = value["b64"]
+    # absl::Base64Unescape skips ASCII whitespace (Python's base64.encodebytes breaks lines).
+    text = re.sub(r"[ \t\n\v\f\r]", "", value["b64"])
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -481,7 +526,7 @@ def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
 
 
 def classify_response(result) -> str:
-    """MakeJsonFromClassificationResult: {"result": [[[label, score], ...], ...]}."""
+    """MakeJsonFromClassificationResult: {"results": [[[label, score], ...], ...]}."""
     if not result.classifications:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
     rows = []
@@ -489,17 +534,21 @@ def classify_response(result) -> str:
         items = [f"[{json.dumps(c.label, ensure_ascii=False)}, {format_decimal(c.score, 9)}]"
                  for c in classifications.classes]
         rows.append("[" + ", ".join(items) + "]")
-    return '{"result": [' + ", ".join(rows) + "]}"
+    return '{"results": [' + ", ".join(rows) + "]}"
 
 
 def regress_response(result) -> str:
-    """MakeJsonFromRegressionResult: {"result": [value, ...]}."""
+    """MakeJsonFromRegressionResult: {"results": [value, ...]}."""
     if not result.regressions:
         raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    return '{"result": [' + ", ".join(format_decimal(r.value, 9)
+    return '{"results": [' + ", ".join(format_decimal(r.value, 9)
                                        for r in result.regressions) + "]}"
 
 
 def error_body(message: str) -> str:
-    """MakeJsonFromStatus: {"error": message}, the message bounded (errors.bounded)."""
-    return json.dumps({"error": bounded(message)}, ensure_ascii=False)
+    """MakeJsonFromStatus: {"error": message} as rapidjson's PrettyWriter writes it (4-space
+    indent, control characters as upper-case \\u00XX), the message bounded (errors.bounded)."""
+    text = re.sub(r"(?<!\\)((?:\\\\)*)\\u00([0-9a-f]{2})",  # Escapes, not escaped text.
+                  lambda m: m[1] + "\\u00" + m[2].upper(),
+                  json.dumps(bounded(message), ensure_ascii=False))
+    return '{\n    "error": ' + text + "\n}"

@@ -445,7 +445,7 @@ def test_curl_examples(endpoint, image_dir):
         assert [c[0] for c in json.loads(columnar.stdout)["outputs"]["classes"]] == \
             ["blue", "red"]
     classify = _curl("classify.sh", red, **env)
-    assert json.loads(classify.stdout)["result"][0][0][0] == "red"
+    assert json.loads(classify.stdout)["results"][0][0][0] == "red"
     bad = _curl("predict_row.sh", image_dir / "c_broken.jpg", **env)
     assert bad.returncode != 0 and "image 0" in json.loads(bad.stdout)["error"]
 

@@ -302,7 +302,7 @@ CASES = {
     "wrong_input_name": Case(
         lambda t, e: t.predict([e.images["red"]], input_name="image"),
         lambda t, e: t.predict([e.images["red"]], input_name="image"),
-        "INVALID_ARGUMENT", 400, "input tensor alias not found in signature: image",
+        "INVALID_ARGUMENT", 400, "Signature input alias: image_bytes(feed name: ",
         "Missing named input: image_bytes in 'inputs' object."),
     "wrong_dtype": Case(
         lambda t, e: t.grpc_predict({"image_bytes": [1.5]}, dtype=tf.float32),

@@ -321,7 +321,7 @@ def test_classify(rest):
         "signature_name": "classify",
         "examples": [{"image/encoded": b64(RED)}, {"image/encoded": b64(BLUE)}]})
     assert response.status_code == 200, response.text
-    result = response.json()["result"]
+    result = response.json()["results"]
     assert len(result) == 2 and all(len(row) == testing.TOP_K for row in result)
     assert result[0][0][0] == "red" and result[1][0][0] == "blue"
     assert all(isinstance(score, float) for row in result for _, score in row)
@@ -333,7 +333,7 @@ def test_classify_with_context(rest):
         "signature_name": "classify", "context": {"image/encoded": b64(GREEN)},
         "examples": [{}, {"image/encoded": b64(RED)}]})
     assert response.status_code == 200, response.text
-    assert [row[0][0] for row in response.json()["result"]] == ["green", "red"]
+    assert [row[0][0] for row in response.json()["results"]] == ["green", "red"]
 
 
 def test_classify_errors(rest):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Classify API: one tf.Example per image, feature "image/encoded" ->
-# {"result": [[["label", score], ...], ...]}
+# {"results": [[["label", score], ...], ...]}
 #   SERVER=http://localhost:8501 MODEL=effnet clients/examples/classify.sh cat.jpg
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
