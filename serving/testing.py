@@ -13,7 +13,9 @@ set. The real server then has to serve the same model, written by:
 The model ("tiny") classifies the mean colour of an image into red/green/blue, with the
 signatures of export/signatures.py: serving_default (image_bytes), predict_images (images),
 classify (serialized tf.Example, method tensorflow/serving/classify), plus "multi" with
-several dtypes and a *_bytes output, and a warmup file.
+several dtypes and a *_bytes output, and a warmup file. Its parameters are variables (a
+logit scale and bias, and batch-norm-like moving statistics), so a server that fails to
+restore variables fails every request, as it would with a real model.
 """
 
 from __future__ import annotations
@@ -67,10 +69,17 @@ def save_tiny_model(path: str | os.PathLike, *, bias: float = 0.0, warmup: bool 
     )
 
     labels = tf.constant(list(LABELS))
+    # Restored from variables/ (never folded into the graph as constants): identity moving
+    # statistics, like a frozen BatchNormalization, then the logit scale and bias.
+    moving_mean = tf.Variable([0.0, 0.0, 0.0], trainable=False, name="moving_mean")
+    moving_variance = tf.Variable([1.0, 1.0, 1.0], trainable=False, name="moving_variance")
+    scale = tf.Variable(8.0, name="scale")
+    logit_bias = tf.Variable([0.0, 0.0, bias], name="bias")
 
     def outputs(images):
         mean = tf.reduce_mean(images, axis=[1, 2]) / 255.0  # [B, 3]
-        probabilities = tf.nn.softmax(mean * 8.0 + tf.constant([0.0, 0.0, bias]))
+        normalised = (mean - moving_mean) / tf.sqrt(moving_variance)
+        probabilities = tf.nn.softmax(normalised * scale + logit_bias)
         scores, ids = tf.math.top_k(probabilities, k=TOP_K)
         return {"classes": tf.gather(labels, ids), "class_ids": tf.cast(ids, tf.int64),
                 "scores": scores, "probabilities": probabilities}
@@ -111,11 +120,12 @@ def save_tiny_model(path: str | os.PathLike, *, bias: float = 0.0, warmup: bool 
                                       tf.TensorSpec([None], tf.int64, name="n"),
                                       tf.TensorSpec([None], tf.string, name="text")])
         def multi(self, x, n, text):
-            return {"y": x * 2.0 + bias, "n_plus_one": n + 1,
+            return {"y": x * 2.0 + logit_bias[2], "n_plus_one": n + 1,
                     "echo_bytes": text, "upper": tf.strings.upper(text),
                     "flag": tf.greater(n, 0), "d": tf.cast(x[:, 0], tf.float64) / 3.0}
 
     module = Tiny()
+    module.parameters = [moving_mean, moving_variance, scale, logit_bias]  # Saved with it.
     path = pathlib.Path(path)
     tf.saved_model.save(module, str(path), signatures={
         "serving_default": module.serve.get_concrete_function(),
