@@ -230,6 +230,10 @@ def read_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     with open(path, "rb") as f:
         data = f.read()
+    if data.startswith(b"PK\x03\x04"):
+        # Checked first: a zip's "P" would be read as a pickle PERSID opcode.
+        raise ValueError(f"{path}: not a legacy PyTorch file (a zip archive); zip-format .pth "
+                         "files are not supported")
     stream = io.BytesIO(data)
     try:
         magic = _load_one(stream)
