@@ -33,6 +33,7 @@ from k8s_support import (
     K8S,
     KUBECTL,
     MODEL_NAME,
+    NO_WORKLOAD_BUILDS,
     PROPAGATION_ALLOWANCE,
     PULL_ALLOWANCE,
     REPO,
@@ -40,6 +41,7 @@ from k8s_support import (
     SERVING_CONFIG,
     STANDALONE_MANIFESTS,
     TRAINING_BUILDS,
+    WORKLOAD_BUILDS,
     channel_arguments,
     containers,
     effective_flags,
@@ -54,6 +56,7 @@ from k8s_support import (
     render,
     server,
     standalone,
+    workload_templates,
 )
 
 from clients import GrpcClient
@@ -128,8 +131,12 @@ def test_every_kustomization_is_checked():
 @needs_kubectl
 @pytest.mark.parametrize("build", ALL_BUILDS)
 def test_builds(build):
-    kinds = {o["kind"] for o in render(build)}
-    assert kinds, f"k8s/{build} renders nothing"
+    """Every build renders, and has pods to check exactly when it is not in
+    NO_WORKLOAD_BUILDS (the pod-policy tests below run on the others)."""
+    objects_ = render(build)
+    assert objects_, f"k8s/{build} renders nothing"
+    assert all(o.get("apiVersion") and o.get("metadata", {}).get("name") for o in objects_)
+    assert bool(pod_templates(build)) == (build not in NO_WORKLOAD_BUILDS), build
 
 
 def test_serving_config_comes_from_the_serving_component():
@@ -366,22 +373,22 @@ def test_threads_match_cpus_and_batching(build):
 # know.
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_memory_request_equals_limit(build):
     """A pod using more memory than it requested is the first the kernel's OOM killer
     picks when the node runs short: request what the limit allows."""
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         for c in containers(template["spec"]):
             requests, limits = c["resources"]["requests"], c["resources"]["limits"]
             assert requests["memory"] == limits["memory"], f"{where}/{c['name']}"
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_read_only_root_has_a_writable_tmp(build):
     """With a read-only root filesystem (checkov CKV_K8S_22), /tmp must be a writable
     emptyDir and HOME (and CUDA's cache) must live there."""
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         pod = template["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         for c in containers(pod):
@@ -401,11 +408,11 @@ def test_service_accounts_mount_no_token(build):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_long_running_containers_have_probes(build):
     """A start-up probe everywhere (checkov does not ask for one), and all three on native
     sidecars (init containers with restartPolicy Always, which checkov skips)."""
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         pod = template["spec"]
         for c in containers(pod):
             if not is_long_running(c, where):
@@ -586,10 +593,10 @@ def test_spread_across_nodes(build):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_gpus(build):
     """One GPU per GPU pod (one TF Serving / trainer uses one GPU well), none elsewhere."""
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         pod = template["spec"]
         gpus = [c["resources"]["limits"].get("nvidia.com/gpu", 0) for c in containers(pod)]
         requests = [c["resources"]["requests"].get("nvidia.com/gpu", 0)
@@ -608,10 +615,10 @@ def test_gpus(build):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_image_tags_are_pinned(build):
     minor = pinned_tensorflow_minor()
-    images = [c["image"] for _, t in pod_templates(build) for c in containers(t["spec"])]
+    images = [c["image"] for _, t in workload_templates(build) for c in containers(t["spec"])]
     for image in images:
         name, tag = split_image(image)  # checkov CKV_K8S_14: a tag, never "latest".
         if name == "tensorflow/serving":
@@ -629,7 +636,7 @@ def test_image_tags_are_pinned(build):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("build", ALL_BUILDS)
+@pytest.mark.parametrize("build", WORKLOAD_BUILDS)
 def test_references_resolve(build):
     """Every ConfigMap, Secret and claim a pod names exists (the models claim of the
     volume-based training comes from the serving overlays; optional Secrets are made out of
@@ -637,7 +644,7 @@ def test_references_resolve(build):
     names = {(o["kind"], o["metadata"]["name"]) for o in render(build)}
     if build in ("training", "training/multiworker"):
         names |= {(o["kind"], o["metadata"]["name"]) for o in render("overlays/gpu")}
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         pod = template["spec"]
         wanted = []
         for v in pod.get("volumes", []):
@@ -788,7 +795,7 @@ def test_training_scripts_parse(build):
     shells = {"/bin/bash": shutil.which("bash"), "/bin/sh": shutil.which("sh")}
     if None in shells.values() or KUBECTL is None:
         pytest.skip("needs bash, sh and kubectl")
-    for where, template in pod_templates(build):
+    for where, template in workload_templates(build):
         for c in containers(template["spec"]):
             shell, flag = c["command"]
             assert shell in shells and flag == "-c", where
