@@ -6,6 +6,8 @@ server cannot show (metadata/headers received, retries, TLS).
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import io
 import json
 import os
@@ -148,7 +150,7 @@ def test_typed_errors_carry_the_server_message(make_client):
 
 def test_deadline_exceeded(make_client):
     big = testing.png_of_size(600, 400)
-    with pytest.raises(errors.DeadlineExceededError):
+    with pytest.raises(errors.DeadlineExceededError, match="^DEADLINE_EXCEEDED: "):
         make_client(retry=FAST_RETRY).predict([big] * 8, timeout=0.001)
 
 
@@ -158,15 +160,17 @@ def test_unreachable_server_is_unavailable_and_retried(make_client):
               else f"http://127.0.0.1:{port}")
     cls = GrpcClient if make_client.protocol == "grpc" else RestClient
     with cls(target, MODEL, retry=FAST_RETRY, timeout=5) as client:
-        with pytest.raises(errors.UnavailableError):
+        with pytest.raises(errors.UnavailableError, match="Connection refused"):
             client.status()
 
 
 def test_large_photos_and_client_side_downscaling(make_client):
     big = testing.png_of_size(1400, 1100)
     assert len(big) > 4 * 1024 * 1024  # Over gRPC's default limit.
-    assert len(make_client().predict([big])) == 1
-    assert len(make_client(max_size=256).predict([big])) == 1
+    full = make_client().predict([big])[0]
+    small = make_client(max_size=256).predict([big])[0]
+    # The server decoded something else (a 256 px JPEG of the noise): other scores.
+    assert full.scores != pytest.approx(small.scores, abs=1e-6)
 
 
 def test_message_size_limit_is_not_retried(endpoint):
@@ -205,14 +209,16 @@ def test_asyncio_client(endpoint):
 
 class FakePredict:
     """A PredictionService built on the OFFICIAL messages: fails with the queued codes, then
-    answers; records each call's metadata."""
+    answers; records each call's metadata and image bytes."""
 
     def __init__(self, failures=()):
         self.failures = list(failures)
         self.calls = []
+        self.images: list[list[bytes]] = []
 
     def __call__(self, request, context):
         self.calls.append(dict(context.invocation_metadata()))
+        self.images.append(list(request.inputs["image_bytes"].string_val))
         if self.failures:
             context.abort(self.failures.pop(0), "fake failure")
         count = request.inputs["image_bytes"].tensor_shape.dim[0].size
@@ -232,7 +238,8 @@ class FakePredict:
 
 
 def _fake_grpc_server(handler, credentials=None):
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2))
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2),
+                         options=[("grpc.max_receive_message_length", 64 << 20)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(
             handler, request_deserializer=predict_pb2.PredictRequest.FromString,
@@ -260,7 +267,7 @@ def test_grpc_metadata_and_retries_only_on_unavailable():
                 client.predict([RED])
             assert len(handler.calls) == 4  # Not retried.
             handler.failures = [grpc.StatusCode.UNAVAILABLE] * 5
-            with pytest.raises(errors.UnavailableError):
+            with pytest.raises(errors.UnavailableError, match="fake failure"):
                 client.predict([RED])
             assert len(handler.calls) == 4 + FAST_RETRY.max_attempts
     finally:
@@ -286,6 +293,7 @@ def _openssl(tmp: pathlib.Path, name: str, ca: str | None) -> None:
                    check=True, capture_output=True)
 
 
+@pytest.mark.requires("openssl")
 def test_grpc_tls_with_client_certificate(tmp_path):
     for name, ca in (("ca", None), ("server", "ca"), ("client", "ca")):
         _openssl(tmp_path, name, ca)
@@ -303,8 +311,9 @@ def test_grpc_tls_with_client_certificate(tmp_path):
         # Without the client certificate the server refuses the handshake.
         with GrpcClient(f"grpcs://localhost:{port}", "m", root_certificates=read("ca.pem"),
                         retry=FAST_RETRY, timeout=5) as client:
-            with pytest.raises(errors.ClientError):
+            with pytest.raises(errors.UnavailableError, match="failed to connect"):
                 client.predict([RED])
+        assert len(handler.calls) == 1  # The refused client never reached the service.
     finally:
         server.stop(None)
 
@@ -328,6 +337,41 @@ def test_rest_retries_503_and_429_sends_headers_and_reports_messages():
                 client.predict([RED], headers={"X-Request-Id": "7"})
             assert info.value.message == "image 0: bad" and info.value.http_status == 400
             assert seen[-1]["X-Request-Id"] == "7" and len(seen) == 4
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_client_side_downscaling_sends_a_smaller_jpeg(protocol):
+    """What goes over the wire, as the server receives it: stand-ins record the bytes."""
+    big = testing.png_of_size(1400, 1100)
+    if protocol == "grpc":
+        handler = FakePredict()
+        server, port = _fake_grpc_server(handler)
+        try:
+            for max_size in (256, None):
+                with GrpcClient(f"127.0.0.1:{port}", "m", max_size=max_size) as client:
+                    client.predict([big, RED])
+        finally:
+            server.stop(None)
+        received = handler.images
+    else:
+        received = []
+
+        def answer(method, path, headers, body):
+            images = json.loads(body)["inputs"]["image_bytes"]
+            received.append([base64.b64decode(image["b64"]) for image in images])
+            return 200, {"outputs": {"classes": [["cat"]] * len(images),
+                                     "scores": [[0.5]] * len(images)}}
+
+        with http_stub.json_server(answer) as port:
+            for max_size in (256, None):
+                with RestClient(f"http://127.0.0.1:{port}", "m", max_size=max_size) as client:
+                    client.predict([big, RED])
+    (small, red), (original, red_again) = received
+    image = Image.open(io.BytesIO(small))
+    assert image.format == "JPEG" and image.size == (256, 201)  # Longer side 256, 14:11.
+    assert len(small) < len(big) / 20
+    assert red == red_again == RED  # Already small enough: sent untouched.
+    assert original == big  # Without max_size the file goes as it is.
 
 
 COMPAT_ENV = "CLIENTS_COMPAT_PYTHONS"
@@ -427,6 +471,7 @@ def _curl(script, *args, **env):
     return result
 
 
+@pytest.mark.requires("bash", "curl")
 def test_curl_examples(endpoint, image_dir):
     env = {"SERVER": endpoint.rest, "MODEL": MODEL}
     status = _curl("status.sh", **env)
@@ -457,9 +502,12 @@ def test_loadtest_library_and_command(endpoint, tmp_path):
     assert result.requests == 30 and result.succeeded == 20
     assert result.errors == {"INVALID_ARGUMENT": 10}
     assert 0 < result.percentile(50) <= result.percentile(99) <= max(result.latencies_ms)
-    timed = loadtest.run_load(lambda batch: None, [RED], concurrency=2, requests=None,
-                              duration_s=0.2)
-    assert 0.2 <= timed.elapsed_s < 1 and timed.succeeded == timed.requests > 0
+    # Without a request count only the time bound ends the run: it must end (a generous
+    # minute for a 0.2 s bound), and not before the bound.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        timed = pool.submit(loadtest.run_load, lambda batch: None, [RED], concurrency=2,
+                            requests=None, duration_s=0.2).result(timeout=60)
+    assert timed.elapsed_s >= 0.2 and timed.succeeded == timed.requests > 0
     out = tmp_path / "load.json"
     command = _run("-m", "clients.loadtest", f"--server={endpoint.rest}", f"--model={MODEL}",
                    "--concurrency=2", "--requests=20", "--duration=30", "--images_per_request=2",

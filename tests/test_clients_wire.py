@@ -291,8 +291,8 @@ def test_committed_descriptor_matches_the_proto_source():
         "effnet_serving_wire.proto changed: run python -m clients.protos.regenerate"
 
 
+@pytest.mark.requires("grpc_tools")
 def test_regenerating_yields_the_committed_file():
-    pytest.importorskip("grpc_tools")
     assert regenerate.render() == regenerate.OUTPUT.read_text()
 
 
@@ -364,6 +364,80 @@ def test_no_retry_when_the_deadline_would_pass():
     assert len(attempt.timeouts) == 1
 
 
+class _FakeClock:
+    """time.monotonic and time.sleep for clients.retry: time moves only when slept."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_retry_that_would_end_at_the_deadline_is_not_made(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(retry, "time", clock)
+    policy = retry.RetryPolicy(max_attempts=5, initial_backoff_s=1, multiplier=2, jitter=0,
+                               max_backoff_s=100)
+    # Waits 1 s, then 2 s; a third wait (4 s) would end exactly at the deadline (7 s).
+    attempt = _Flaky([errors.from_code("UNAVAILABLE", str(i)) for i in range(5)])
+    with pytest.raises(errors.UnavailableError, match="2"):
+        retry.call(attempt, policy, timeout=7)
+    assert clock.slept == [1, 2]
+    assert attempt.timeouts == [7, 6, 4]  # What was left of the deadline at each attempt.
+    # A little more time and the third wait fits.
+    clock = _FakeClock()
+    monkeypatch.setattr(retry, "time", clock)
+    attempt = _Flaky([errors.from_code("UNAVAILABLE", str(i)) for i in range(3)])
+    assert retry.call(attempt, policy, timeout=7.5) == "ok"
+    assert clock.slept == [1, 2, 4] and attempt.timeouts == [7.5, 6.5, 4.5, 0.5]
+    # No timeout: only max_attempts ends it.
+    attempt = _Flaky([errors.from_code("UNAVAILABLE", str(i)) for i in range(9)])
+    with pytest.raises(errors.UnavailableError, match="4"):
+        retry.call(attempt, policy, timeout=None)
+    assert attempt.timeouts == [None] * 5
+
+
+class _AsyncFlaky(_Flaky):
+    async def __call__(self, remaining):
+        return super().__call__(remaining)
+
+
+def test_async_calls_retry_alike(monkeypatch):
+    import asyncio
+
+    waits = []
+
+    async def no_wait(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+    policy = retry.RetryPolicy(max_attempts=3, initial_backoff_s=1, multiplier=3, jitter=0,
+                               max_backoff_s=100)
+    attempt = _AsyncFlaky([errors.from_code("RESOURCE_EXHAUSTED", "queue full")])
+    assert asyncio.run(retry.call_async(attempt, policy, timeout=None)) == "ok"
+    assert waits == [1] and attempt.timeouts == [None, None]
+    attempt = _AsyncFlaky([errors.from_code("UNAVAILABLE", str(i)) for i in range(5)])
+    with pytest.raises(errors.UnavailableError, match="2"):
+        asyncio.run(retry.call_async(attempt, policy, timeout=None))
+    assert waits == [1, 1, 3] and len(attempt.timeouts) == 3
+    attempt = _AsyncFlaky([errors.from_code("INVALID_ARGUMENT", "bad image")])
+    with pytest.raises(errors.InvalidInputError, match="bad image"):
+        asyncio.run(retry.call_async(attempt, policy, timeout=30))
+    assert len(attempt.timeouts) == 1 and 0 < attempt.timeouts[0] <= 30
+    # The deadline covers every attempt: no wait that would outlast it.
+    patient = retry.RetryPolicy(initial_backoff_s=60, max_backoff_s=60, jitter=0)
+    attempt = _AsyncFlaky([errors.from_code("UNAVAILABLE", "down")])
+    with pytest.raises(errors.UnavailableError, match="down"):
+        asyncio.run(retry.call_async(attempt, patient, timeout=30))
+    assert len(attempt.timeouts) == 1 and waits == [1, 1, 3]
+
+
 def test_backoff_grows_with_jitter_and_cap():
     import random
 
@@ -412,7 +486,7 @@ def test_downscale_keeps_aspect_ratio_and_leaves_small_images_alone():
     small = images.encode(data, max_size=400, quality=80)
     assert len(small) < len(data) / 4
     assert Image.open(io.BytesIO(small)).size == (400, 300)
-    assert images.encode(data, max_size=1600) is not None
+    assert images.encode(data, max_size=1600) == data  # Fits exactly: sent unchanged.
     assert images.downscale(data, 1600) == data  # Already small enough: untouched.
     assert images.downscale(RED, 100) == RED
     with pytest.raises(ValueError, match="cannot decode"):

@@ -27,6 +27,7 @@ import tensorflow as tf
 from PIL import Image
 
 from export import exporter, publish, session, signatures, warmup
+from serving import testing as serving_testing
 from train import data as data_lib
 from train import preprocessing
 from train.config import TrainConfig, save_config
@@ -223,6 +224,10 @@ def oversized_png() -> bytes:
     (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a JPEG"),
     (photo_jpeg()[:20000], "truncated"),
     (oversized_png(), "exceeds"),
+    # 64x64, its last scan repeated: cheap to decode here, refused by the serving graph's
+    # scan limit (the cost that limit bounds grows with the image's size).
+    (serving_testing.progressive_scan_bomb(64, 100),
+     "JPEG with 1[0-9][0-9] scans exceeds the limit of 64"),
 ])
 def test_bad_images_are_rejected_with_their_index_and_the_process_keeps_working(
         loaded, bad, problem):
@@ -281,6 +286,26 @@ def test_signature_defs_are_what_tf_serving_expects(exported):
     assert {k: spec(v) for k, v in classify.inputs.items()} == {"inputs": ("string", [-1])}
     assert {k: spec(v) for k, v in classify.outputs.items()} == {
         "classes": ("string", [-1, 3]), "scores": ("float32", [-1, 3])}
+
+
+def test_graph_keeps_sorted_top_k_and_parallel_decoding(exported):
+    """What the outputs cannot show on a CPU: top-k asks for sorted scores (an unsorted
+    top-k may come back in any order on other devices), and a request's images are decoded
+    decode_parallelism (16) at a time."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString(
+        (exported.path / "saved_model.pb").read_bytes())
+    (meta_graph,) = saved.meta_graphs
+    nodes = list(meta_graph.graph_def.node) + [
+        node for function in meta_graph.graph_def.library.function
+        for node in function.node_def]
+    top_k = [node for node in nodes if node.op == "TopKV2"]
+    # Saved without default-valued attributes: no "sorted" means the default, True.
+    assert top_k and all("sorted" not in node.attr or node.attr["sorted"].b for node in top_k)
+    loops = {node.attr["parallel_iterations"].i for node in nodes
+             if node.op in ("While", "StatelessWhile")}
+    assert 16 in loops, loops  # The map_fn over the request's images.
 
 
 def test_saved_model_cli_shows_the_signatures(exported):

@@ -8,7 +8,13 @@ signature runs it, where the message must name the right index of the batch.
 from __future__ import annotations
 
 import io
+import json
+import os
+import pathlib
+import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -20,6 +26,7 @@ from PIL import Image
 from train import preprocessing
 
 SIZE = 16
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -304,6 +311,63 @@ def test_max_pixels_none_also_works_in_a_graph():
     graph = tf.function(lambda blob: preprocessing.decode_and_resize(blob, SIZE,
                                                                      max_pixels=None))
     np.testing.assert_array_equal(graph(tf.constant(photo_jpeg())).numpy(), decode(photo_jpeg()))
+
+
+# Run in a fresh interpreter: memory an earlier decode freed stays in the allocator and would
+# hide a second one from the peak-RSS measurement.
+PEAK_RSS_SCRIPT = """
+import json, sys
+import tensorflow as tf
+from train import preprocessing
+
+def kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+def peak_growth_mb(call):
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # Resets VmHWM, the peak RSS, to the current RSS.
+    base, outcome = kb("VmRSS"), "decoded"
+    try:
+        call()
+    except tf.errors.InvalidArgumentError as error:
+        outcome = error.message
+    return (kb("VmHWM") - base) / 1024, outcome
+
+mode, size, bomb_path, small_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+bomb, small = (open(path, "rb").read() for path in (bomb_path, small_path))
+functions = {limit: (lambda b, limit=limit: preprocessing.decode_and_resize(
+    b, size, max_pixels=limit)) for limit in (10_000_000, None)}
+if mode == "graph":
+    functions = {limit: tf.function(f) for limit, f in functions.items()}
+for f in functions.values():  # Traced, kernels loaded: only the decode is left to cost.
+    f(tf.constant(small))
+refused = peak_growth_mb(lambda: functions[10_000_000](tf.constant(bomb)))
+decoded = peak_growth_mb(lambda: functions[None](tf.constant(bomb)))
+print(json.dumps({"refused": refused, "decoded": decoded}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_a_png_bomb_is_refused_before_its_decoder_allocates(mode, tmp_path):
+    """The check runs BEFORE decoding: refusing the bomb costs no memory, while decoding it
+    (the control, limit off) takes ~110 MB. Only a check placed after the decode, or a
+    decoder not made to wait for it, fails the first bound."""
+    if not pathlib.Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure peak memory")
+    bomb, small = tmp_path / "bomb.png", tmp_path / "small.png"
+    bomb.write_bytes(png_bomb(6000))  # 36 MP in 36 KB: 108 MB as decoded RGB.
+    small.write_bytes(encode(Image.new("L", (64, 64), 90), "PNG"))
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, mode, str(SIZE), str(bomb),
+                           str(small)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (refused_mb, refusal), (decoded_mb, decoded) = result["refused"], result["decoded"]
+    assert re.search(r"6000x6000 pixels \(36\.0 MP\) exceeds the limit of 10\.0 MP", refusal)
+    assert decoded == "decoded"
+    assert refused_mb < 16, result
+    assert decoded_mb > 80, result  # The measurement does see a decode.
 
 
 # --- GIF frames and JPEG scans: what the decoder would really do -------------------------

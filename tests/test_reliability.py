@@ -55,7 +55,9 @@ MODEL = "colours"
 LABELS = ("red", "green", "blue")  # The labels of test_export.make_run's quadrant model.
 BODY_LIMIT = 1_000_000  # REST body limit of the corpus server (bytes).
 CONCURRENCY = 16
-RSS_GROWTH_LIMIT_MB = 50
+RSS_GROWTH_LIMIT_MB = 50  # Over SOAK_REQUESTS after the warm-up (measured: +5 MB).
+SOAK_REQUESTS = {"grpc": 10000, "rest": 3000}  # ~10 s and ~5 s on 2 quiet cores.
+SOAK_BOUND_S = 600  # Only a run that is stuck comes near it.
 
 
 # --- Shared setup --------------------------------------------------------------------------
@@ -354,9 +356,9 @@ def test_bad_input_gets_its_status_and_the_next_request_succeeds(transport, expo
     transport.client.predict([exported.images["blue"]])  # A connection is open.
     connections = transport.connections_opened()
     assert connections is None or connections >= 1
-    started = time.monotonic()
+    # Every way of sending has a 30 s deadline: a request the server chews on for too long
+    # fails its status check (DEADLINE_EXCEEDED) rather than a clock check.
     outcome = (spec.grpc if transport.kind == "grpc" else spec.rest)(transport, exported)
-    elapsed = time.monotonic() - started
     if transport.kind == "grpc":
         assert outcome.code == spec.grpc_code, outcome
         expected_message = spec.grpc_message
@@ -373,7 +375,6 @@ def test_bad_input_gets_its_status_and_the_next_request_succeeds(transport, expo
                          else _TYPED[outcome.code])
         assert type(outcome.error) is expected_type, outcome.error
         assert not errors.is_retryable(outcome.error)
-    assert elapsed < 10, f"{case} took {elapsed:.1f} s"
 
     # The same connection and client serve the next valid request.
     predictions = transport.client.predict([exported.images["green"], exported.images["red"]])
@@ -404,23 +405,28 @@ def test_soak_zero_errors_and_bounded_memory(exported, tmp_path):
             RestClient(server.rest, MODEL, timeout=30, pool_maxsize=CONCURRENCY) as rest_client:
         grpc_predict = checked_predict(grpc_client, expected)
         rest_predict = checked_predict(rest_client, expected)
+        # Fixed request counts (SOAK_REQUESTS), never "as many as fit in N seconds": the
+        # memory bound below is then per request, whatever the machine's speed.
+        # duration_s is only the generous overall bound a load run must have.
         # Warm-up: thread pools, connections and allocator arenas reach their steady size.
         for predict, count in ((grpc_predict, 400), (rest_predict, 300)):
             warm = loadtest.run_load(predict, images, concurrency=CONCURRENCY,
-                                     requests=count, duration_s=30)
+                                     requests=count, duration_s=SOAK_BOUND_S)
             assert warm.errors == {} and warm.succeeded == count, warm.summary()
         rss_before = server.rss_mb()
         grpc_result = loadtest.run_load(grpc_predict, images, concurrency=CONCURRENCY,
-                                        requests=10000, duration_s=30)
+                                        requests=SOAK_REQUESTS["grpc"], duration_s=SOAK_BOUND_S)
         rest_result = loadtest.run_load(rest_predict, images, concurrency=CONCURRENCY,
-                                        requests=3000, duration_s=15, images_per_request=2)
+                                        requests=SOAK_REQUESTS["rest"], duration_s=SOAK_BOUND_S,
+                                        images_per_request=2)
         rss_after = server.rss_mb()
     print(f"\ngRPC soak:\n{grpc_result.summary()}\nREST soak:\n{rest_result.summary()}")
     print(f"server RSS after warm-up {rss_before:.1f} MB, after the soak {rss_after:.1f} MB, "
           f"growth {rss_after - rss_before:+.1f} MB (limit {RSS_GROWTH_LIMIT_MB} MB)")
-    for result, least in ((grpc_result, 2000), (rest_result, 500)):
+    for result, count in ((grpc_result, SOAK_REQUESTS["grpc"]),
+                          (rest_result, SOAK_REQUESTS["rest"])):
         assert result.errors == {}, result.summary()
-        assert result.succeeded == result.requests >= least, result.summary()
+        assert result.succeeded == result.requests == count, result.summary()
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_MB
 
 
@@ -537,19 +543,46 @@ def gradient_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+SLOW_BATCH = 64  # Images per slow request; every other request has one.
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+def slow_requests_received(rest: str) -> int:
+    """Requests of SLOW_BATCH images the server has taken in (batching's input_batch_size
+    histogram, observed as a request enters the batch queue; nothing else is that big)."""
+    page = requests.get(f"{rest}{PROMETHEUS_PATH}", timeout=10).text
+    name = ":tensorflow:serving:batching_session:input_batch_size"
+    values = dict(line.rsplit(" ", 1) for line in page.splitlines()
+                  if line.startswith((f'{name}_count{{', f'{name}_bucket{{le="32"}}')))
+    if not values:
+        return 0
+    return int(values[f"{name}_count{{}}"]) - int(values[f'{name}_bucket{{le="32"}}'])
+
+
 def test_sigterm_under_load_finishes_requests_in_flight_then_refuses(exported, tmp_path):
-    slow_batch = [gradient_png(2400, 1800)] * 64  # ~90 KB each, ~1 s of decoding per batch.
+    slow_batch = [gradient_png(2400, 1800)] * SLOW_BATCH  # ~90 KB each, ~1 s per batch.
     fast = [exported.images["blue"]]
-    margin_s = 0.25  # Requests sent this long before the signal are surely in flight.
     records: list[tuple[str, float, float, object]] = []  # (caller, start, end, outcome)
     stop = threading.Event()
-    with server_process(exported.base, tmp_path / "server.log") as server:
-        grpc_client = GrpcClient(server.grpc, MODEL, retry=NO_RETRY, timeout=60)
-        rest_client = RestClient(server.rest, MODEL, retry=NO_RETRY, timeout=60,
+    # Batching and Prometheus as in production (k8s/base): the batching metrics show when the
+    # slow requests are inside the server, so the signal is sent on evidence, not a clock.
+    params = tmp_path / "batching.txt"
+    params.write_text(f"max_batch_size {{ value: {SLOW_BATCH} }} batch_timeout_micros "
+                      "{ value: 0 } num_batch_threads { value: 4 } max_enqueued_batches "
+                      "{ value: 32 }")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{PROMETHEUS_PATH}" }}')
+    with server_process(exported.base, tmp_path / "server.log", "--enable_batching",
+                        f"--batching_parameters_file={params}",
+                        f"--monitoring_config_file={monitoring}") as server:
+        grpc_client = GrpcClient(server.grpc, MODEL, retry=NO_RETRY, timeout=120)
+        rest_client = RestClient(server.rest, MODEL, retry=NO_RETRY, timeout=120,
                                  pool_maxsize=4)
         started = time.monotonic()
         assert len(grpc_client.predict(slow_batch)) == len(slow_batch)
         slow_s = time.monotonic() - started
+        slow_before = slow_requests_received(server.rest)
+        assert slow_before == 1
 
         def call(name, client, batch):
             start = time.monotonic()
@@ -578,17 +611,18 @@ def test_sigterm_under_load_finishes_requests_in_flight_then_refuses(exported, t
                                              ("slow-rest", rest_client))]
         for thread in slow_threads:
             thread.start()
-        # Three batches (and the steady traffic) share two cores, so each takes well over
-        # slow_s: half of it in, they have arrived and are being decoded.
-        time.sleep(max(margin_s, slow_s / 2))
+        # All three slow requests are inside the server (each takes well over slow_s with
+        # the others and the steady traffic on two cores): now the signal.
+        wait_for(lambda: slow_requests_received(server.rest) == slow_before + 3,
+                 timeout=120, what="the three slow requests to reach the server")
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         try:
-            returncode = server.process.wait(60)
+            returncode = server.process.wait(120)
         finally:
             stop.set()
             for thread in steady_threads + slow_threads:
-                thread.join(60)
+                thread.join(120)
         exited_s = time.monotonic() - signalled
 
         refused = []
@@ -607,18 +641,19 @@ def test_sigterm_under_load_finishes_requests_in_flight_then_refuses(exported, t
         output = server.output()
 
     slow = [r for r in records if r[0].startswith("slow")]
-    before = [r for r in records if r[1] < signalled - margin_s]
-    after = [r for r in records if r[1] >= signalled - margin_s]
+    before = [r for r in records if r[2] < signalled]  # Answered before the signal.
+    after = [r for r in records if r[2] >= signalled]
     print(f"\nSIGTERM: slow batch alone {slow_s:.2f} s; slow requests ended "
           f"{', '.join(f'{r[2] - signalled:+.2f} s' for r in slow)} after the signal; "
-          f"{len(before)} requests started before it, {len(after)} around/after "
+          f"{len(before)} requests answered before it, {len(after)} after "
           f"({sum(r[3] != 'OK' for r in after)} refused); exit {returncode} after "
           f"{exited_s:.2f} s")
     assert returncode == 0, output
     assert "Received signal 15, shutting down" in output
+    # In the server at the signal (the metric said so), so answered, however slow.
     assert [r[3] for r in slow] == ["OK"] * 3, slow
     assert max(r[2] for r in slow) > signalled, "no slow request was in flight at SIGTERM"
-    assert [r for r in before if r[3] != "OK"] == []  # Answered, however slow.
+    assert [r for r in before if r[3] != "OK"] == []
     # Requests that met the shutdown were refused as "try again elsewhere", never answered
     # with a model error.
     for _, _, _, outcome in after:

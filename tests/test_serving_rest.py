@@ -162,8 +162,9 @@ def test_predict_row_with_named_inputs_and_every_dtype(rest):
                           "upper": "ABC", "flag": True, "d": 0.5}
 
 
-def test_predict_columnar_single_output_is_a_bare_value(rest):
-    # One input, several outputs -> object; the shape of "outputs" follows the output count.
+def test_predict_columnar_several_outputs_are_an_object_by_name(rest):
+    # Several outputs -> an object keyed by output name (bytes outputs in b64); a single
+    # output is a bare value: test_single_output_is_a_bare_value below.
     response = post(rest, f"/v1/models/{MODEL}:predict", {
         "signature_name": "multi",
         "inputs": {"x": [[1.0, 2.0]], "n": [0], "text": [b64(b"\x00\xff")]}})
@@ -172,6 +173,44 @@ def test_predict_columnar_single_output_is_a_bare_value(rest):
     assert outputs["echo_bytes"] == [b64(b"\x00\xff")]
     assert outputs["flag"] == [False]
     assert outputs["y"] == [[3.0, 5.0]]  # Version 2: y = 2x + 1.
+
+
+@pytest.fixture(scope="module")
+def single_output_rest(tmp_path_factory):
+    """A local server on a model whose one signature has one input and ONE output (the
+    conformance model has none, and a real TF Serving serves only what it was given)."""
+    if testing.external_endpoint() is not None:
+        pytest.skip("needs its own single-output model: local server only")
+    import tensorflow as tf
+
+    scale = tf.Variable(3.0, name="scale")  # Restored by the session, as a real model's.
+
+    class Single(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"tripled": x * scale}
+
+    module = Single()
+    module.scale = scale
+    base = tmp_path_factory.mktemp("single-output") / "single"
+    tf.saved_model.save(module, str(base / "1"),
+                        signatures={"serving_default": module.serve.get_concrete_function()})
+    with testing.local_server(model_name="single", model_base_path=str(base)) as (_, endpoint):
+        yield endpoint.rest
+
+
+def test_single_output_is_a_bare_value(single_output_rest):
+    """json_tensor.cc MakeJsonFromTensors: with one output its name is left out, in both
+    formats."""
+    url = "/v1/models/single:predict"
+    columnar = post(single_output_rest, url, {"inputs": [[1.0, 2.0], [0.5, -1.0]]})
+    assert columnar.status_code == 200, columnar.text
+    assert columnar.json() == {"outputs": [[3.0, 6.0], [1.5, -3.0]]}
+    row = post(single_output_rest, url, {"instances": [[1.0, 2.0], [0.5, -1.0]]})
+    assert row.status_code == 200, row.text
+    assert row.json() == {"predictions": [[3.0, 6.0], [1.5, -3.0]]}
+    named = post(single_output_rest, url, {"instances": [{"x": [1.0, 1.0]}]})
+    assert named.json() == {"predictions": [[3.0, 3.0]]}  # Named input, still a bare output.
 
 
 def test_versions_and_labels_route_to_their_version(rest):
