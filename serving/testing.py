@@ -316,3 +316,28 @@ def progressive_scan_bomb(side: int = 4000, repeats: int = 2000) -> bytes:
     last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
     return data[:end] + data[last_scan:end] * repeats + data[end:]
 
+
+def proc_status_kb(field: str) -> int:
+    """A kB field of this process's /proc/self/status, e.g. VmRSS or VmHWM."""
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field + ":")).split()[1])
+
+
+@contextlib.contextmanager
+def peak_rss_growth():
+    """Yields a dict whose "mb" is, after the block, this process's peak RSS growth in it.
+
+    Writing 5 to /proc/self/clear_refs resets VmHWM (the peak) to the current RSS (Linux
+    >= 4.0), so an earlier peak cannot hide this one; where that is refused, only growth
+    above the earlier peak counts.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        base = proc_status_kb("VmRSS")
+    except OSError:
+        base = proc_status_kb("VmHWM")
+    growth: dict = {}
+    yield growth
+    growth["mb"] = max(0, proc_status_kb("VmHWM") - base) / 1024
+

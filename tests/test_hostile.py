@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import json
 import time
 import zlib
@@ -67,25 +66,6 @@ def predictions(endpoint):
 
 
 # --- Helpers ---------------------------------------------------------------------------------
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(next(line for line in status if line.startswith(field + ":")).split()[1])
-
-
-@contextlib.contextmanager
-def peak_growth():
-    """Yields a dict whose "mb" is, after the block, this process's peak RSS growth in it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # Resets VmHWM to the current RSS.
-        base = _status_kb("VmRSS")
-    except OSError:  # Cannot reset: count only growth above the earlier peak.
-        base = _status_kb("VmHWM")
-    growth: dict = {}
-    yield growth
-    growth["mb"] = max(0, _status_kb("VmHWM") - base) / 1024
 
 
 def error_of(response: requests.Response, status: int) -> str:
@@ -187,7 +167,7 @@ def test_huge_model_names_over_grpc_are_neither_counted_nor_echoed(endpoint, pre
     # 21 MB (+107 MiB RSS). TF Serving does not count GetModelMetadata at all
     # (prediction_service_impl.cc:64-73); Predict it counts, here under "".
     before = metrics_page(endpoint)
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         for i in range(400):
             name = f"{i:06d}" + "n" * (256 * 1024)
             request = get_model_metadata_pb2.GetModelMetadataRequest(
@@ -221,7 +201,7 @@ def test_gzip_bombs_are_refused_without_inflating(endpoint, predictions):
         return requests.post(f"{endpoint.rest}/v1/models/{MODEL}:predict", data=bomb,
                              headers={"Content-Encoding": "gzip"}, timeout=60)
 
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(post, range(8)))
     for response in responses:
@@ -235,7 +215,7 @@ def test_gzip_bombs_are_refused_without_inflating(endpoint, predictions):
 
 def test_gzip_footer_that_lies_stops_inflation_at_the_declared_size(endpoint, predictions):
     for declared in (1000, rest.MAX_UNCOMPRESSED_BYTES):
-        with peak_growth() as growth:
+        with testing.peak_rss_growth() as growth:
             response = requests.post(
                 f"{endpoint.rest}/v1/models/{MODEL}:predict",
                 data=gzip_stream(1 << 30, declared=declared),
@@ -252,7 +232,7 @@ def test_encodings_other_than_gzip_are_not_decoded(endpoint, predictions, encodi
     # E: deflate was inflated (unbounded) too. TF Serving inflates gzip only
     # (evhttp_request.cc:261-266): other bytes reach the JSON parser as they are.
     bomb = b"\x78\xda" + deflate_zeros(1 << 30) + bytes(4)  # zlib-wrapped, as HTTP deflate
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         response = requests.post(f"{endpoint.rest}/v1/models/{MODEL}:predict", data=bomb,
                                  headers={"Content-Encoding": encoding}, timeout=60)
     assert error_of(response, 400).startswith("JSON Parse error: ")
@@ -273,7 +253,7 @@ def test_batch_of_2000_images_is_refused_before_it_runs(endpoint, predictions):
     request = predict_pb2.PredictRequest(model_spec=spec())
     request.inputs["image_bytes"].CopyFrom(
         tensor(types_pb2.DT_STRING, [2000], string_val=[jpeg] * 2000))
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         assert grpc_error(predictions.Predict, request,
                           grpc.StatusCode.INVALID_ARGUMENT) == message
         response = requests.post(
@@ -294,7 +274,7 @@ def test_tensors_declaring_huge_shapes_are_refused_before_allocation(endpoint, p
     floats = predict_pb2.PredictRequest(model_spec=spec("predict_images"))
     floats.inputs["images"].CopyFrom(
         tensor(types_pb2.DT_FLOAT, [1, 9600, 9600, 3], float_val=[0.5]))
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         assert grpc_error(predictions.Predict, strings, grpc.StatusCode.INVALID_ARGUMENT) \
             .startswith("Input image_bytes: batch size 5000000 is larger than the maximum "
                         "request batch size 1024")
@@ -481,7 +461,7 @@ def test_images_that_would_exhaust_the_decoder_are_refused_by_the_graph(
         export_server, exported_model, transport, case, make, message):
     bomb = make()
     started = time.process_time()
-    with peak_growth() as growth:
+    with testing.peak_rss_growth() as growth:
         if transport == "rest":
             message_seen = error_of(_rest_predict(export_server, [bomb]), 400)
         else:

@@ -318,21 +318,17 @@ def test_max_pixels_none_also_works_in_a_graph():
 PEAK_RSS_SCRIPT = """
 import json, sys
 import tensorflow as tf
+from serving import testing
 from train import preprocessing
 
-def kb(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
 def peak_growth_mb(call):
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # Resets VmHWM, the peak RSS, to the current RSS.
-    base, outcome = kb("VmRSS"), "decoded"
-    try:
-        call()
-    except tf.errors.InvalidArgumentError as error:
-        outcome = error.message
-    return (kb("VmHWM") - base) / 1024, outcome
+    outcome = "decoded"
+    with testing.peak_rss_growth() as growth:
+        try:
+            call()
+        except tf.errors.InvalidArgumentError as error:
+            outcome = error.message
+    return growth["mb"], outcome
 
 mode, size, bomb_path, small_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 bomb, small = (open(path, "rb").read() for path in (bomb_path, small_path))
