@@ -3,6 +3,7 @@
     python -m bench.training cache      # phase-1 epoch: cached features vs pixels
     python -m bench.training pipeline   # input pipeline throughput vs training-step throughput
     python -m bench.training pretrained # lite0 ImageNet weights vs random init, both phases
+    python -m bench.training distributed  # phase-2 throughput, 1 vs 2 worker processes
 
 Data: Fashion-MNIST demo folders (made with `python -m train.datasets fashion_mnist`).
 Results and the exact commands are recorded in BENCHMARKS.md.
@@ -155,7 +156,58 @@ def bench_pretrained() -> dict:
     return results
 
 
-_BENCHES = {"cache": bench_cache, "pipeline": bench_pipeline, "pretrained": bench_pretrained}
+def bench_distributed() -> dict:
+    """Phase 2 (whole backbone trained, pixels) under `python -m train`, as 1 process and as
+    2 MultiWorkerMirroredStrategy workers on loopback, same global batch and data.
+
+    Per-epoch wall time comes from the run's own history (training plus validation); the
+    first epoch (tracing, cache fill) is left out.
+    """
+    import math
+    import subprocess
+    import sys
+
+    from serving.testing import free_port
+    from train import checkpoint, data, distribute, trainer
+
+    data_dir = _prepare()
+    train_images = len(data.list_class_folders(data_dir).splits["train"])
+    batch, epochs = _BATCH_SIZE.value, _EPOCHS.value + 1
+    steps = math.ceil(train_images / batch)
+    results = {"train_images": train_images, "global_batch": batch, "steps_per_epoch": steps,
+               "timed_epochs": epochs - 1}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, "-m", "train", f"--data_dir={data_dir}",
+                       f"--output_dir={tmp}/run", f"--image_size={_IMAGE_SIZE.value}",
+                       f"--batch_size={batch}", "--phase1_epochs=0",
+                       f"--phase2_epochs={epochs}", "--phase2_warmup_epochs=0", "--patience=0",
+                       "--noaugment"]
+            tf_configs = distribute.loopback_tf_configs([free_port() for _ in range(workers)])
+            started = time.perf_counter()
+            processes = [subprocess.Popen(
+                command, env={**os.environ, **({"TF_CONFIG": c} if workers > 1 else {})},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in tf_configs]
+            codes = [p.wait() for p in processes]
+            if codes != [0] * workers:
+                raise RuntimeError(f"{workers}-worker run failed: exit codes {codes}")
+            history = checkpoint.read_state(f"{tmp}/run/{trainer.CHECKPOINT_DIR}").history
+            with open(f"{tmp}/run/{trainer.METRICS_FILE}") as f:
+                test_top1 = json.load(f)["evaluation"]["top1"]
+        seconds = sum(h["seconds"] for h in history[1:]) / (epochs - 1)
+        results[f"workers_{workers}"] = {
+            "epoch_s": round(seconds, 2), "steps_per_s": round(steps / seconds, 3),
+            "images_per_s": round(steps * batch / seconds, 1),
+            "run_wall_s": round(time.perf_counter() - started, 1),
+            "test_top1": round(test_top1, 4),
+        }
+    results["images_per_s_2_over_1"] = round(
+        results["workers_2"]["images_per_s"] / results["workers_1"]["images_per_s"], 3)
+    return results
+
+
+_BENCHES = {"cache": bench_cache, "pipeline": bench_pipeline, "pretrained": bench_pretrained,
+            "distributed": bench_distributed}
 
 
 def main(argv):

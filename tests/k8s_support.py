@@ -30,6 +30,7 @@ SERVING_BUILDS = ("base", "overlays/gpu", "overlays/cpu", "overlays/dev",
 GPU_BUILDS = ("base", "overlays/gpu", "overlays/gpu-object-storage")
 CPU_BUILDS = ("overlays/cpu", "overlays/dev")
 TRAINING_BUILDS = ("training", "training/object-storage", "training/multiworker",
+                   "training/indexed",
                    "training/storage")
 ALL_BUILDS = SERVING_BUILDS + ("monitoring", "kserve/stable", "kserve/canary") + TRAINING_BUILDS
 # Builds without pods of their own (rules and dashboards, KServe's resources whose pods KServe
@@ -218,3 +219,20 @@ def prometheus_rules() -> dict:
     """The rule groups of the rendered PrometheusRule (a Prometheus rule file's content)."""
     (rule,) = objects("monitoring", "PrometheusRule")
     return rule["spec"]
+
+
+# The `python3 -m train ...` command of a training script (line continuations included).
+_TRAIN_COMMAND = re.compile(r"python3 -m train (?:[^\n]*\\\n)*[^\n]*")
+MULTI_WORKER_BUILDS = ("training/multiworker", "training/indexed")
+
+
+def train_commands(build: str) -> dict[str, str]:
+    """Every training container's `python3 -m train` command, by workload/container, with
+    line continuations joined, as bash would run it before expanding variables."""
+    commands = {}
+    for where, template in workload_templates(build):
+        for c in containers(template["spec"]):
+            for match in _TRAIN_COMMAND.findall("\n".join(c.get("args", []))):
+                commands[f"{where}/{c['name']}"] = " ".join(match.replace("\\\n", " ").split())
+    return commands
+

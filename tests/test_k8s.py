@@ -33,6 +33,7 @@ from k8s_support import (
     K8S,
     KUBECTL,
     MODEL_NAME,
+    MULTI_WORKER_BUILDS,
     NO_WORKLOAD_BUILDS,
     PROPAGATION_ALLOWANCE,
     PULL_ALLOWANCE,
@@ -56,6 +57,7 @@ from k8s_support import (
     render,
     server,
     standalone,
+    train_commands,
     workload_templates,
 )
 
@@ -197,13 +199,61 @@ def test_tfjob_structure():
             names = [c["name"] for c in spec["template"]["spec"]["containers"]]
             # The operator sets TF_CONFIG in, and opens 2222 on, the container so named.
             assert "tensorflow" in names, role
-        chief = specs["Chief"]["template"]["spec"]["containers"][0]["args"][0]
-        worker = specs["Worker"]["template"]["spec"]["containers"][0]["args"][0]
-        assert "python3 -m export" in chief and "python3 -m export" not in worker
-        assert 'run="/runs/${RUN_NAME}"' in chief and '--output_dir="${run}"' in chief
-        assert '--output_dir="/runs/${RUN_NAME}.workers/${index}"' in worker
-        assert '["TF_CONFIG"])["task"]["index"]' in worker
+        chief = specs["Chief"]["template"]["spec"]["containers"][0]
+        worker = specs["Worker"]["template"]["spec"]["containers"][0]
+        assert "python3 -m export" in chief["args"][0]
+        assert "python3 -m export" not in worker["args"][0]
+        for script in (chief["args"][0], worker["args"][0]):
+            assert 'run="/runs/${RUN_NAME}"' in script
+        # Only the chief writes the run; the workers read it to resume.
+        assert not {m["mountPath"]: m.get("readOnly", False)
+                    for m in chief["volumeMounts"]}["/runs"]
+        assert {m["mountPath"]: m.get("readOnly", False) for m in worker["volumeMounts"]}["/runs"]
         assert "--batch_size=auto" not in render_configmap_text(build)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("build", ["training", *MULTI_WORKER_BUILDS])
+def test_every_training_task_runs_the_one_tested_command(build):
+    """Chief and workers of the multi-worker manifests run the single-GPU Job's command,
+    which tests/test_train_distributed.py runs on loopback workers."""
+    (single,) = train_commands("training").values()
+    commands = train_commands(build)
+    assert len(commands) == (2 if build == "training/multiworker" else 1), commands
+    assert set(commands.values()) == {single}
+
+
+@needs_kubectl
+def test_indexed_job_builds_the_tf_config_of_its_pods():
+    """Pod i of the indexed Job is task i of WORKERS tasks, at an address its headless
+    Service resolves; the TF_CONFIG the script builds is the one python -m train parses."""
+    from train import distribute
+
+    (job,) = objects("training/indexed", "Job")
+    (service,) = objects("training/indexed", "Service")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    workers = int({e["name"]: e.get("value") for e in trainer["env"]}["WORKERS"])
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == workers >= 2
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert service["spec"]["selector"]["batch.kubernetes.io/job-name"] == job["metadata"]["name"]
+    assert service["spec"]["selector"].items() - {
+        ("batch.kubernetes.io/job-name", job["metadata"]["name"])} <= job["spec"]["template"][
+            "metadata"]["labels"].items()
+    script = trainer["args"][0]
+    setup = script[:script.index("python3 -m train")] + 'printf %s "${TF_CONFIG}"'
+    for index in range(workers):
+        env = {"RUN_NAME": "r", "WORKERS": str(workers), "JOB_COMPLETION_INDEX": str(index),
+               "PATH": os.environ["PATH"]}
+        tf_config = subprocess.run(["bash", "-c", setup], env=env, capture_output=True,
+                                   text=True, check=True, timeout=30).stdout
+        assert distribute.task_from_tf_config(tf_config) == distribute.Task(workers, index)
+        hosts = json.loads(tf_config)["cluster"]["worker"]
+        assert hosts == [f"{job['metadata']['name']}-{i}.{pod['subdomain']}:2222"
+                         for i in range(workers)]
+    assert "--batch_size=auto" not in render_configmap_text("training/indexed")
 
 
 def render_configmap_text(build: str) -> str:
@@ -642,7 +692,7 @@ def test_references_resolve(build):
     volume-based training comes from the serving overlays; optional Secrets are made out of
     band)."""
     names = {(o["kind"], o["metadata"]["name"]) for o in render(build)}
-    if build in ("training", "training/multiworker"):
+    if build in ("training", *MULTI_WORKER_BUILDS):
         names |= {(o["kind"], o["metadata"]["name"]) for o in render("overlays/gpu")}
     for where, template in workload_templates(build):
         pod = template["spec"]
@@ -788,7 +838,7 @@ def test_training_dockerfile_lint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("build", ["training", "training/object-storage", "training/multiworker"])
+@pytest.mark.parametrize("build", ["training", "training/object-storage", *MULTI_WORKER_BUILDS])
 def test_training_scripts_parse(build):
     """The shell scripts in the Job/TFJob args parse (bash -n, or sh -n for the rclone
     image's POSIX shell)."""

@@ -37,6 +37,9 @@ _CACHE_FEATURES = flags.DEFINE_boolean(
 _MIXED = flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 (GPUs).")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Val split when DATA/val is absent.")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed for splits, shuffling and initialisation.")
+_CPU_REPLICAS = flags.DEFINE_integer(
+    "cpu_replicas", 1, "Split the CPU into N devices and mirror over them: runs the "
+    "multi-replica path without GPUs (for testing; no speed-up).", lower_bound=1)
 
 flags.mark_flags_as_required(["data_dir", "output_dir"])
 
@@ -46,8 +49,11 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import keras
 
-    from train import backbones, trainer
+    from train import backbones, distribute, trainer
     from train import config as config_lib
+
+    if _CPU_REPLICAS.value > 1:
+        distribute.split_cpu(_CPU_REPLICAS.value)
 
     try:
         config = config_lib.TrainConfig(

@@ -442,7 +442,8 @@ def _cache_path(prefix: str, split: Split, image_size: int) -> str:
 
 
 def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bool = False,
-                 config: DataConfig = DataConfig()) -> tf.data.Dataset:
+                 config: DataConfig = DataConfig(), shard: tuple[int, int] = (1, 0),
+                 repeat: bool = False) -> tf.data.Dataset:
     """A batched (float32 pixels [B, S, S, 3] in 0..255, int32 labels [B]) pipeline.
 
     files -> shuffle -> parallel decode_and_resize -> drop decode errors -> cache ->
@@ -457,15 +458,24 @@ def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bo
       batch_size: examples per batch (the last batch may be smaller).
       training: shuffle each epoch (if config.shuffle) and augment (if config.augment).
       config: cache, shuffle, augment and seed settings.
+      shard: (count, index): keep only files index, index + count, ... (one training
+        worker's share). Sharding files rather than decoded images means each worker
+        decodes only its own; the share is fixed, so a worker's cache holds just it.
+      repeat: repeat the examples endlessly before batching, so every batch is full (the
+        caller counts steps). Each pass reshuffles and re-augments.
 
     Raises:
-      ValueError: the split is empty or a size is not positive.
+      ValueError: the split is empty, a size is not positive or the shard is out of range.
     """
     if not len(split):
         raise ValueError("cannot make a dataset from an empty split")
     if image_size < 1 or batch_size < 1:
         raise ValueError(f"image_size and batch_size must be positive, got {image_size}, "
                          f"{batch_size}")
+    count, index = shard
+    if not 0 <= index < count or count > len(split):
+        raise ValueError(f"shard {index} of {count} is out of range for {len(split)} files")
+    split = Split(split.paths[index::count], split.labels[index::count])
     shuffle = training and config.shuffle
     # Bytes, not str: file names need not be valid UTF-8.
     files = tf.data.Dataset.from_tensor_slices(
@@ -503,6 +513,8 @@ def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bo
             lambda example, seed: (augment_image(example[0], tf.stack([seed, 0]), augment),
                                    example[1]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -552,8 +564,13 @@ class ClassFolderData:
         _check_split(split)
         return self.listing.splits.get(split)
 
-    def dataset(self, split: str, *, training: bool = False) -> tf.data.Dataset | None:
-        """The pipeline of one split, or None if it is absent or empty."""
+    def dataset(self, split: str, *, training: bool = False, batch_size: int | None = None,
+                shard: tuple[int, int] = (1, 0), repeat: bool = False
+                ) -> tf.data.Dataset | None:
+        """The pipeline of one split, or None if it is absent or empty.
+
+        batch_size (default: self.batch_size), shard and repeat: see make_dataset.
+        """
         _check_split(split)
         if not self.count(split):
             return None
@@ -561,7 +578,8 @@ class ClassFolderData:
         if config.cache not in CACHE_MODES:  # One cache file set per split.
             config = dataclasses.replace(config, cache=f"{config.cache}.{split}")
         return make_dataset(self.listing.splits[split], image_size=self.image_size,
-                            batch_size=self.batch_size, training=training, config=config)
+                            batch_size=batch_size or self.batch_size, training=training,
+                            config=config, shard=shard, repeat=repeat)
 
     @property
     def train(self) -> tf.data.Dataset:

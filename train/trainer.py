@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 
 import keras
@@ -32,6 +33,7 @@ from absl import logging
 from train import backbones, checkpoint, distribute, report
 from train import batch_size as batch_size_lib
 from train import data as data_lib
+from train import loop as loop_lib
 from train.config import AUTO, TrainConfig, load_config, save_config, to_dict
 from train.model import Classifier, build_classifier, set_phase1_trainable, set_phase2_trainable
 
@@ -100,32 +102,82 @@ def compile_phase2(classifier: Classifier, config: TrainConfig, *,
     return model
 
 
+@dataclasses.dataclass
+class _Run:
+    """One invocation's shared state: what every phase reads and updates.
+
+    Every task of a multi-worker job holds the same weights and takes the same decisions
+    (metrics are all-reduced), but only the chief writes to output_dir: the others would
+    write the same bytes to the same shared volume.
+    """
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    task: distribute.Task
+    classifier: Classifier
+    data: data_lib.ClassFolderData
+    state: checkpoint.RunState
+    out: pathlib.Path
+    best_weights: list | None = None  # The phase's best so far, kept by every task.
+
+    @property
+    def has_val(self) -> bool:
+        return self.data.count("val") > 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.data.count("train") / self.data.batch_size)
+
+    def shard(self, split: str, **kwargs) -> tf.data.Dataset | None:
+        """This task's share of a split, in global-batch-sized batches (for evaluation)."""
+        return self.data.dataset(split, shard=(self.task.workers, self.task.index), **kwargs)
+
+    def loop(self, model: keras.Model) -> loop_lib.Loop:
+        return loop_lib.Loop(self.strategy, model, num_classes=self.classifier.num_classes,
+                             workers=self.task.workers)
+
+    def check_input_context(self, context: tf.distribute.InputContext) -> int:
+        """The per-replica batch size, after checking the strategy shards as we do."""
+        if (context.num_input_pipelines, context.input_pipeline_id) != (
+                self.task.workers, self.task.index):
+            raise RuntimeError(
+                f"the strategy reads input pipeline {context.input_pipeline_id} of "
+                f"{context.num_input_pipelines}, TF_CONFIG says task {self.task}")
+        return context.get_per_replica_batch_size(self.data.batch_size)
+
+
 class _EpochEnd(keras.callbacks.Callback):
     """Records history, tracks the best epoch, stops early and checkpoints every epoch."""
 
-    def __init__(self, *, out: pathlib.Path, classifier: Classifier, fitted: keras.Model,
-                 state: checkpoint.RunState, phase: int, patience: int, has_val: bool):
+    def __init__(self, run: _Run, *, fitted: keras.Model, phase: int, patience: int):
         super().__init__()
-        self._out, self._classifier, self._fitted = out, classifier, fitted
-        self._state, self._phase, self._patience = state, phase, patience
-        self._has_val = has_val
+        self._run, self._fitted, self._phase, self._patience = run, fitted, phase, patience
+        self._started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        run, state = self._run, self._run.state
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        state = self._state
-        state.history.append({"phase": self._phase, "epoch": epoch + 1, **logs})
+        seconds = round(time.monotonic() - self._started, 3)  # Training and validation.
+        state.history.append({"phase": self._phase, "epoch": epoch + 1, **logs,
+                              "seconds": seconds})
         state.epochs_done = epoch + 1
-        score = logs.get("val_accuracy" if self._has_val else "accuracy", 0.0)
+        model = run.classifier.model
+        score = logs.get("val_accuracy" if run.has_val else "accuracy", 0.0)
         if score > state.best_val_accuracy:
             state.best_val_accuracy, state.best_epoch, state.wait = score, epoch + 1, 0
-            self._classifier.model.save_weights(self._out / BEST_WEIGHTS)
+            run.best_weights = model.get_weights()
+            if run.task.is_chief:  # For a resumed run; this one restores from memory.
+                model.save_weights(run.out / BEST_WEIGHTS)
         else:
             state.wait += 1
             if self._patience and state.wait >= self._patience:
                 logging.info("Early stopping: no improvement for %d epochs", state.wait)
                 self._fitted.stop_training = True
-        checkpoint.save(self._out / CHECKPOINT_DIR, self._classifier.model,
-                        self._fitted.optimizer, state)
+        if run.task.is_chief:
+            checkpoint.save(run.out / CHECKPOINT_DIR, model, self._fitted.optimizer, state)
 
 
 def _features(feature_model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -138,10 +190,13 @@ def _features(feature_model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarr
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def _feature_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int):
+def _feature_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int,
+                     repeat: bool = False) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -159,20 +214,37 @@ def _check_resumable(out: pathlib.Path, config: TrainConfig) -> None:
         )
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, strategy: tf.distribute.Strategy | None = None
+          ) -> TrainResult:
     """Runs (or resumes) both phases and writes every output to config.output_dir.
 
     Outputs: checkpoints/, logs/ (TensorBoard), training_curves.png, metrics.json,
     labels.txt, config.json (with resolved values such as the batch size) and model.keras.
+
+    Under MultiWorkerMirroredStrategy (TF_CONFIG lists several tasks) every task runs this
+    with the same config: each trains on its shard of the files, only the chief writes,
+    and output_dir must be shared storage, as each task resumes from the chief's checkpoint.
+    config.batch_size is the global batch, split evenly over all replicas.
+
+    Args:
+      strategy: overrides the strategy chosen from TF_CONFIG and the local GPUs.
+
+    Raises:
+      ValueError: a bad configuration, or one that differs from the run in output_dir.
     """
     config.validated()
     started = time.monotonic()
     out = pathlib.Path(config.output_dir)
-    (out / CHECKPOINT_DIR).parent.mkdir(parents=True, exist_ok=True)
+    task = distribute.task_from_tf_config(os.environ.get("TF_CONFIG"))
+    if task.is_chief:
+        (out / CHECKPOINT_DIR).parent.mkdir(parents=True, exist_ok=True)
     _check_resumable(out, config)
+    # The strategy first: MultiWorkerMirroredStrategy must configure TensorFlow before
+    # anything (a dtype policy included) initialises it.
+    strategy = strategy or distribute.make_strategy(
+        distribute.choose_strategy_kind(os.environ.get("TF_CONFIG"),
+                                        distribute.local_device_count()))
     distribute.set_precision(mixed=config.mixed_precision)
-    strategy = distribute.make_strategy(
-        distribute.choose_strategy_kind(os.environ.get("TF_CONFIG"), distribute.num_gpus()))
 
     info = backbones.get_info(config.backbone)
     image_size = config.image_size or info.input_size
@@ -184,29 +256,35 @@ def train(config: TrainConfig) -> TrainResult:
         classifier = build_classifier(backbone, num_classes=len(listing.class_names),
                                       dropout=config.dropout)
     batch = config.batch_size
+    replicas = strategy.num_replicas_in_sync
     if batch == AUTO:
         set_phase2_trainable(classifier, unfreeze=config.unfreeze)  # The larger footprint.
         batch = batch_size_lib.auto_batch_size(
-            classifier.model, replicas=strategy.num_replicas_in_sync,
-            mixed_precision=config.mixed_precision)
+            classifier.model, replicas=replicas, mixed_precision=config.mixed_precision)
+    if batch % replicas:
+        raise ValueError(f"batch_size {batch} is the global batch: it must be a multiple of "
+                         f"the {replicas} replicas")
     data = data_lib.ClassFolderData(listing, image_size, batch, data_config)
-    logging.info("Data: %s; batch size %d", data.summary(), batch)
-    data_lib.write_labels(data.class_names, out / LABELS_FILE)
-    save_config(config, out / CONFIG_FILE, batch_size=batch, image_size=image_size,
-                class_count=len(data.class_names), skipped_files=len(data.skipped))
+    logging.info("Data: %s; global batch size %d over %d replicas (%d tasks)",
+                 data.summary(), batch, replicas, task.workers)
+    if task.is_chief:
+        data_lib.write_labels(data.class_names, out / LABELS_FILE)
+        save_config(config, out / CONFIG_FILE, batch_size=batch, image_size=image_size,
+                    class_count=len(data.class_names), skipped_files=len(data.skipped))
 
     state = checkpoint.read_state(out / CHECKPOINT_DIR) or checkpoint.RunState()
-    has_val = data.count("val") > 0
+    run = _Run(config, strategy, task, classifier, data, state, out)
     in_phase2 = state.phase == 2 and not state.phase_done  # _run_phase2 restores it all.
-    with strategy.scope():
-        if state.phase == 1 and not state.phase_done and config.phase1.epochs:
-            _run_phase1(config, classifier, data, state, out, has_val)
-        elif (state.epochs_done or state.phase == 2) and not in_phase2:
-            checkpoint.load(out / CHECKPOINT_DIR, classifier.model, None)
-        if not (state.phase == 2 and state.phase_done) and config.phase2.epochs:
-            _run_phase2(config, classifier, data, state, out, has_val)
-
-    metrics = _finish(config, classifier, data, state, out, time.monotonic() - started)
+    # Outside the strategy's scope from here on (but where an optimizer is made): Keras
+    # creates throwaway variables while saving, which in the scope would be collective
+    # broadcasts that only the chief, the one task that saves, takes part in.
+    if state.phase == 1 and not state.phase_done and config.phase1.epochs:
+        _run_phase1(run)
+    elif (state.epochs_done or state.phase == 2) and not in_phase2:
+        checkpoint.load(out / CHECKPOINT_DIR, classifier.model, None)
+    if not (state.phase == 2 and state.phase_done) and config.phase2.epochs:
+        _run_phase2(run)
+    metrics = _finish(run, time.monotonic() - started)
     return TrainResult(str(out), metrics, str(out / MODEL_FILE))
 
 
@@ -217,11 +295,16 @@ def _data_config(config: TrainConfig) -> data_lib.DataConfig:
     )
 
 
-def _fit(model, train_ds, val_ds, *, state, epochs, callbacks, out, phase):
-    tensorboard = keras.callbacks.TensorBoard(log_dir=str(out / LOG_DIR / f"phase{phase}"))
-    model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epochs_done, epochs=epochs,
-              callbacks=[*callbacks, tensorboard], verbose=2,
-              shuffle=False)  # Our pipelines shuffle; Keras cannot shuffle a tf.data input.
+def _fit(run: _Run, model, make_train, val_ds, *, epochs, patience, phase):
+    callbacks = [_EpochEnd(run, fitted=model, phase=phase, patience=patience)]
+    verbose = 0
+    if run.task.is_chief:
+        log_dir = run.out / LOG_DIR / f"phase{phase}"
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+        verbose = 1 if sys.stdout.isatty() else 2  # A bar on a terminal, a line per epoch in logs.
+    run.loop(model).fit(make_train, steps_per_epoch=run.steps_per_epoch, val=val_ds,
+                        initial_epoch=run.state.epochs_done, epochs=epochs,
+                        callbacks=callbacks, verbose=verbose)
 
 
 def _reseeded(data: data_lib.ClassFolderData, phase: int, first_epoch: int):
@@ -234,73 +317,95 @@ def _reseeded(data: data_lib.ClassFolderData, phase: int, first_epoch: int):
     return dataclasses.replace(data, config=dataclasses.replace(data.config, seed=seed))
 
 
-def _run_phase1(config, classifier, data, state, out, has_val):
+def _pixels_fn(run: _Run, phase: int):
+    """This task's repeating, shuffled and augmented share of the training images."""
+    data = _reseeded(run.data, phase, run.state.epochs_done)
+
+    def make_train(context):
+        return data.dataset("train", training=True, repeat=True,
+                            batch_size=run.check_input_context(context),
+                            shard=(context.num_input_pipelines, context.input_pipeline_id))
+    return make_train
+
+
+def _cached_features(run: _Run):
+    """Phase 1 on features: this task's share computed once; (train fn, val dataset)."""
+    t0 = time.monotonic()
+    feature_model = run.classifier.feature_model()
+    x, y = _features(feature_model, run.shard("train"))
+    seed = run.config.seed + run.state.epochs_done
+
+    def make_train(context):
+        return _feature_dataset(x, y, run.check_input_context(context), shuffle=True,
+                                seed=seed, repeat=True)
+
+    val_ds = None
+    if run.has_val:
+        vx, vy = _features(feature_model, run.shard("val"))
+        val_ds = _feature_dataset(vx, vy, run.data.batch_size, shuffle=False, seed=0)
+    logging.info("Phase 1: backbone features computed once in %.1fs (%d train images)",
+                 time.monotonic() - t0, len(x))
+    return make_train, val_ds
+
+
+def _run_phase1(run: _Run):
+    config, state = run.config, run.state
     cached = config.uses_feature_cache
-    model = compile_phase1(classifier, config, on_features=cached)
+    with run.strategy.scope():
+        model = compile_phase1(run.classifier, config, on_features=cached)
+        model.optimizer.build(model.trainable_variables)
     if state.epochs_done:  # Resuming inside phase 1.
-        model.optimizer.build(model.trainable_variables)
-        checkpoint.load(out / CHECKPOINT_DIR, classifier.model, model.optimizer)
+        checkpoint.load(run.out / CHECKPOINT_DIR, run.classifier.model, model.optimizer)
     if cached:
-        t0 = time.monotonic()
-        feature_model = classifier.feature_model()
-        x, y = _features(feature_model, data.dataset("train", training=False))
-        train_ds = _feature_dataset(x, y, data.batch_size, shuffle=True, seed=config.seed)
-        val_ds = None
-        if has_val:
-            vx, vy = _features(feature_model, data.val)
-            val_ds = _feature_dataset(vx, vy, data.batch_size, shuffle=False, seed=0)
-        logging.info("Phase 1: backbone features computed once in %.1fs (%d train images)",
-                     time.monotonic() - t0, len(x))
+        make_train, val_ds = _cached_features(run)
     else:
-        train_ds, val_ds = _reseeded(data, 1, state.epochs_done).train, data.val
-    callback = _EpochEnd(out=out, classifier=classifier, fitted=model, state=state, phase=1,
-                         patience=config.phase1.early_stopping_patience, has_val=has_val)
-    _fit(model, train_ds, val_ds, state=state, epochs=config.phase1.epochs,
-         callbacks=[callback], out=out, phase=1)
-    _end_phase(classifier, state, out, phase=1)
+        make_train, val_ds = _pixels_fn(run, 1), run.shard("val")
+    _fit(run, model, make_train, val_ds, epochs=config.phase1.epochs,
+         patience=config.phase1.early_stopping_patience, phase=1)
+    _end_phase(run, phase=1)
 
 
-def _run_phase2(config, classifier, data, state, out, has_val):
-    steps = math.ceil(data.count("train") / data.batch_size)
-    model = compile_phase2(classifier, config, steps_per_epoch=steps)
-    if state.phase == 2:  # Resuming inside phase 2: optimizer state and schedule position too.
+def _run_phase2(run: _Run):
+    config, state = run.config, run.state
+    with run.strategy.scope():
+        model = compile_phase2(run.classifier, config, steps_per_epoch=run.steps_per_epoch)
         model.optimizer.build(model.trainable_variables)
-        checkpoint.load(out / CHECKPOINT_DIR, classifier.model, model.optimizer)
+    if state.phase == 2:  # Resuming inside phase 2: optimizer state and schedule position too.
+        checkpoint.load(run.out / CHECKPOINT_DIR, run.classifier.model, model.optimizer)
     else:
         state.start_phase(2)
-    callback = _EpochEnd(out=out, classifier=classifier, fitted=model, state=state, phase=2,
-                         patience=config.phase2.early_stopping_patience, has_val=has_val)
-    train_ds = _reseeded(data, 2, state.epochs_done).train
-    _fit(model, train_ds, data.val, state=state, epochs=config.phase2.epochs,
-         callbacks=[callback], out=out, phase=2)
-    _end_phase(classifier, state, out, phase=2)
+    _fit(run, model, _pixels_fn(run, 2), run.shard("val"), epochs=config.phase2.epochs,
+         patience=config.phase2.early_stopping_patience, phase=2)
+    _end_phase(run, phase=2)
 
 
-def _end_phase(classifier, state, out, *, phase):
+def _end_phase(run: _Run, *, phase):
     """Restores the phase's best weights, records its best score and checkpoints the end."""
-    best = out / BEST_WEIGHTS
-    if best.is_file():
-        classifier.model.load_weights(best)
+    state, model, best = run.state, run.classifier.model, run.out / BEST_WEIGHTS
+    if run.best_weights is not None:
+        model.set_weights(run.best_weights)
+    elif best.is_file():  # Resumed after the best epoch: the chief's file from before.
+        model.load_weights(best)
+    run.best_weights = None
     state.phase_done = True
     state.phase_best[str(phase)] = state.best_val_accuracy
-    logging.info("Phase %d done: best %s %.4f at epoch %d", phase,
-                 "val_accuracy", state.best_val_accuracy, state.best_epoch)
-    print(f"phase {phase}: {state.epochs_done} epochs, best val accuracy "
-          f"{state.best_val_accuracy:.4f} (epoch {state.best_epoch})", flush=True)
-    checkpoint.save(out / CHECKPOINT_DIR, classifier.model, None, state)
-    if phase == 1:
-        best.unlink(missing_ok=True)  # Phase 2 tracks its own best.
+    if run.task.is_chief:
+        print(f"phase {phase}: {state.epochs_done} epochs, best "
+              f"{'val accuracy' if run.has_val else 'accuracy'} {state.best_val_accuracy:.4f} "
+              f"(epoch {state.best_epoch})", flush=True)
+        checkpoint.save(run.out / CHECKPOINT_DIR, model, None, state)
+        if phase == 1:
+            best.unlink(missing_ok=True)  # Phase 2 tracks its own best.
 
 
-def _finish(config, classifier, data, state, out, seconds) -> dict:
+def _finish(run: _Run, seconds) -> dict:
+    data, state, out = run.data, run.state, run.out
     eval_split = "test" if data.count("test") else "val"
     evaluation = {}
     if data.count(eval_split):
-        classifier.model.compile(loss=keras.losses.SparseCategoricalCrossentropy(),
-                                 metrics=_metrics(classifier.num_classes))
-        results = classifier.model.evaluate(data.dataset(eval_split), return_dict=True, verbose=0)
-        evaluation = {"split": eval_split, "top1": float(results["accuracy"]),
-                      "top5": float(results["top5"]), "loss": float(results["loss"]),
+        results = run.loop(run.classifier.model).evaluate(run.shard(eval_split))
+        evaluation = {"split": eval_split, "top1": results["accuracy"],
+                      "top5": results["top5"], "loss": results["loss"],
                       "examples": data.count(eval_split)}
     metrics = {
         "phase1": {"best_val_accuracy": state.phase_best.get("1")},
@@ -312,12 +417,16 @@ def _finish(config, classifier, data, state, out, seconds) -> dict:
         "skipped_files": len(data.skipped),
         "batch_size": data.batch_size,
         "image_size": data.image_size,
+        "replicas": run.strategy.num_replicas_in_sync,
+        "workers": run.task.workers,
         "seconds_this_invocation": round(seconds, 1),
     }
+    if not run.task.is_chief:
+        return metrics
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     if state.history:
         report.plot_training_curves(state.history, out / CURVES_FILE)
-    classifier.model.save(out / MODEL_FILE)
+    run.classifier.model.save(out / MODEL_FILE)
     print(f"done: {eval_split} top-1 {evaluation.get('top1', float('nan')):.4f}, "
           f"top-5 {evaluation.get('top5', float('nan')):.4f}; outputs in {out}", flush=True)
     return metrics
