@@ -68,7 +68,7 @@ def bench_cache() -> dict:
     pixel_epoch = _timed_epochs(on_pixels, pixels, _EPOCHS.value)
 
     start = time.perf_counter()
-    x, y = trainer._features(classifier.feature_model(), pixels)
+    x, y = trainer._features(classifier.feature_model(), pixels, "train")
     extract = time.perf_counter() - start
     on_features = trainer.compile_phase1(classifier, config, on_features=True)
     feature_ds = trainer._feature_dataset(x, y, _BATCH_SIZE.value, shuffle=True, seed=0)

@@ -16,6 +16,7 @@ import os
 import pathlib
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from clients import errors, images
@@ -64,15 +65,20 @@ class FileResult:
 
 
 class Progress:
-    """A one-line progress bar on a terminal (stderr); silent when not a terminal."""
+    """A one-line progress bar on a terminal (stderr), with rate and ETA; silent when not a
+    terminal."""
 
-    def __init__(self, total: int, stream=None, enabled: bool | None = None, width: int = 30):
+    def __init__(self, total: int, stream=None, enabled: bool | None = None, width: int = 30,
+                 clock: Callable[[], float] = time.monotonic):
         self.total = total
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.width = width
         self.done = 0
         self.failed = 0
+        self._clock = clock
+        self._started = clock()
+        self._shown = 0  # Length of the line on screen, to blank what a shorter one leaves.
         self._lock = threading.Lock()
 
     def update(self, done: int, failed: int) -> None:
@@ -80,15 +86,29 @@ class Progress:
             self.done += done
             self.failed += failed
             if self.enabled:
+                elapsed = self._clock() - self._started
+                rate = self.done / elapsed if elapsed > 0 else 0.0
+                if self.done >= self.total:
+                    timing = _duration(elapsed)
+                else:
+                    timing = f"ETA {_duration((self.total - self.done) / rate)}" if rate else ""
                 filled = int(self.width * self.done / max(self.total, 1))
-                self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
-                                  f"{self.done}/{self.total} files, {self.failed} failed")
+                line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                        f"files, {self.failed} failed, {rate:.1f} files/s, {timing}")
+                self.stream.write(f"\r{line:<{self._shown}}")
+                self._shown = len(line)
                 self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def _failed(path: str, error: Exception) -> FileResult:

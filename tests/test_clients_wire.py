@@ -548,11 +548,14 @@ def test_progress_bar():
     from clients import cli
 
     stream = io.StringIO()
-    progress = cli.Progress(4, stream=stream, enabled=True, width=8)
+    progress = cli.Progress(4, stream=stream, enabled=True, width=8,
+                            clock=iter([0.0, 1.0, 2.0]).__next__)
     progress.update(2, 1)
+    assert stream.getvalue() == "\r[####....] 2/4 files, 1 failed, 2.0 files/s, ETA 0:01"
     progress.update(2, 0)
     progress.close()
-    assert stream.getvalue().endswith("\r[########] 4/4 files, 1 failed\n")
+    # The shorter last line blanks the end of the longer one before it.
+    assert stream.getvalue().endswith("\r[########] 4/4 files, 1 failed, 2.0 files/s, 0:02    \n")
     silent = io.StringIO()
     cli.Progress(1, stream=silent, enabled=False).update(1, 0)
     assert silent.getvalue() == ""

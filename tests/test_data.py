@@ -260,7 +260,7 @@ def test_file_cache_is_named_after_its_contents_and_reused(tmp_path):
     assert all_examples(bigger.dataset("train"))[0].shape[1:] == (SIZE * 2, SIZE * 2, 3)
 
 
-def test_pipeline_drops_a_file_that_passes_the_fast_checks_but_fails_to_decode(tmp_path):
+def test_pipeline_replaces_a_file_that_passes_the_fast_checks_but_fails_to_decode(tmp_path):
     make_class_tree(tmp_path, per_class=3)
     # Right signature and end marker, garbage in between.
     sneaky = b"\xff\xd8\xff\xe0" + b"\x00" * 300 + b"\xff\xd9"
@@ -269,7 +269,9 @@ def test_pipeline_drops_a_file_that_passes_the_fast_checks_but_fails_to_decode(t
     loaded = data.load_class_folders(tmp_path, image_size=SIZE, batch_size=4, config=config)
     assert loaded.count("train") == 10 and not loaded.skipped
     _, labels = all_examples(loaded.train)
-    assert len(labels) == 9  # Dropped by ignore_errors; the epoch still completes.
+    # Skipped, and an image of the next pass takes its place: the epoch completes with as
+    # many images as files, a length known before it runs (Keras sizes epochs by it).
+    assert len(labels) == 10 and len(loaded.train) == 3
     full = data.list_class_folders(tmp_path, data.DataConfig(val_fraction=0, full_check=True))
     assert [pathlib.Path(p).name for p, _ in full.skipped] == ["sneaky.jpg"]
     assert full.skipped[0][1] == "corrupt or truncated header (JPEG, 306 bytes)"

@@ -122,7 +122,7 @@ def test_phase1_on_cached_features_gives_the_same_head_as_on_pixels(colour_data)
 
     for weight, value in zip(classifier.head.dense.weights, initial):
         weight.assign(value)
-    x, y = trainer._features(classifier.feature_model(), pixels)
+    x, y = trainer._features(classifier.feature_model(), pixels, "train")
     on_features = trainer.compile_phase1(classifier, config, on_features=True)
     on_features.fit(trainer._feature_dataset(x, y, 8, shuffle=False, seed=0), epochs=3, verbose=0)
     head_from_features = [np.array(w) for w in classifier.head.dense.weights]

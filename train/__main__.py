@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from serving import tf_noise
+
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Class-per-folder dataset root.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where checkpoints and results go.")
 _BACKBONE = flags.DEFINE_string("backbone", "lite0", "See `python -m train.backbones list`.")
@@ -77,6 +79,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(main)
 
 

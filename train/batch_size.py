@@ -70,7 +70,7 @@ def memory_budget() -> int:
     if tf.config.list_physical_devices("GPU"):
         total = _gpu_memory() or 8 * 2**30  # Conservative when the driver does not say.
     else:
-        total = _available_ram()
+        total = available_ram()
     return int(total * _SAFETY)
 
 
@@ -86,7 +86,8 @@ def _gpu_memory() -> int:
         return 0
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:

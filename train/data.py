@@ -10,8 +10,9 @@ any unicode):
 Class names are the sorted folder names of train. Images are found by extension (.jpg,
 .jpeg, .png, .gif, .bmp, any case) in each class folder and its subfolders; hidden files and
 folders are ignored. A file that is empty, not an image, truncated or in a pixel format
-TensorFlow cannot decode is skipped with one warning and counted; decoding errors that slip
-past those checks are dropped in the pipeline, so a bad file never stops an epoch.
+TensorFlow cannot decode is skipped with one warning and counted; a decoding error that slips
+past those checks is logged and another image of the split takes the file's place, so a bad
+file never stops an epoch and every pass has as many images as the split has files.
 
 Usage:
     data = load_class_folders("car_data", image_size=224, batch_size=32)
@@ -40,7 +41,7 @@ from train import preprocessing
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
 SPLITS = ("train", "val", "test")
 CACHE_MODES = ("auto", "memory", "none")
-_MEMORY_CACHE_LIMIT = 2 * 2**30  # "auto" caches decoded images in RAM below this size.
+MEMORY_CACHE_LIMIT = 2 * 2**30  # "auto" caches a split's decoded images in RAM below this.
 _SHUFFLE_BUFFER_BYTES = 2**29  # Decoded images held for shuffling after an on-disk cache.
 _TAIL_BYTES = 1024  # End-of-file window searched for a format's end marker.
 _CHECK_THREADS = 16  # The checks wait on file I/O, so more threads than cores pay off.
@@ -441,12 +442,24 @@ def _cache_path(prefix: str, split: Split, image_size: int) -> str:
     return f"{prefix}-{image_size}px-{digest}"
 
 
+def decoded_bytes(images: int, image_size: int) -> int:
+    """Memory that `images` decoded images take in the cache (float32 RGB pixels)."""
+    return images * image_size * image_size * 3 * 4
+
+
+def resolve_cache(cache: str, images: int, image_size: int) -> str:
+    """The cache a pipeline over `images` files uses: "auto" becomes "memory" or "none"."""
+    if cache == "auto":
+        return "memory" if decoded_bytes(images, image_size) < MEMORY_CACHE_LIMIT else "none"
+    return cache
+
+
 def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bool = False,
                  config: DataConfig = DataConfig(), shard: tuple[int, int] = (1, 0),
                  repeat: bool = False) -> tf.data.Dataset:
     """A batched (float32 pixels [B, S, S, 3] in 0..255, int32 labels [B]) pipeline.
 
-    files -> shuffle -> parallel decode_and_resize -> drop decode errors -> cache ->
+    files -> shuffle -> parallel decode_and_resize -> replace decode errors -> cache ->
     shuffle again if cached -> augment -> batch -> prefetch. Shuffling and augmentation
     happen only with training=True; augmentation runs after the cache, so decoded pixels
     are cached once and augmented afresh every epoch. A pipeline built twice with the same
@@ -487,11 +500,13 @@ def make_dataset(split: Split, *, image_size: int, batch_size: int, training: bo
         return preprocessing.decode_and_resize(tf.io.read_file(path), image_size), label
 
     ds = files.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # Last line of defence: a file that passed the checks but fails to decode.
-    ds = ds.ignore_errors(log_warning=True)
-    cache, image_bytes = config.cache, image_size * image_size * 3 * 4
-    if cache == "auto":
-        cache = "memory" if len(split) * image_bytes < _MEMORY_CACHE_LIMIT else "none"
+    # Last line of defence: a file that passed the checks but fails to decode is logged and
+    # skipped, and the next pass over the files fills its place. So a pass always holds
+    # len(split) images and the dataset's cardinality is known: Keras sizes its epochs by
+    # it, and warns that the input "ran out of data" when it is unknown.
+    ds = ds.ignore_errors(log_warning=True).repeat().take(len(split))
+    cache = resolve_cache(config.cache, len(split), image_size)
+    image_bytes = decoded_bytes(1, image_size)
     if cache == "memory":
         ds = ds.cache()
         if shuffle:

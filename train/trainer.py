@@ -22,7 +22,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 
 import keras
@@ -30,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from train import backbones, checkpoint, distribute, report
+from train import backbones, checkpoint, distribute, progress, report
 from train import batch_size as batch_size_lib
 from train import data as data_lib
 from train import loop as loop_lib
@@ -180,11 +179,14 @@ class _EpochEnd(keras.callbacks.Callback):
             checkpoint.save(run.out / CHECKPOINT_DIR, model, self._fitted.optimizer, state)
 
 
-def _features(feature_model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _features(feature_model: keras.Model, ds: tf.data.Dataset, split: str
+              ) -> tuple[np.ndarray, np.ndarray]:
     # Compiled once: eager calls per batch would be several times slower.
     extract = tf.function(lambda images: feature_model(images, training=False))
     feats, labels = [], []
-    for images, y in ds:  # Labels travel with their images, so dropped files cannot misalign.
+    # Labels travel with their images, so a file that fails to decode cannot misalign them.
+    for images, y in progress.track(ds, title=f"Phase 1: backbone features of the {split} "
+                                              "images, computed once"):
         feats.append(extract(images).numpy())
         labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
@@ -301,7 +303,7 @@ def _fit(run: _Run, model, make_train, val_ds, *, epochs, patience, phase):
     if run.task.is_chief:
         log_dir = run.out / LOG_DIR / f"phase{phase}"
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
-        verbose = 1 if sys.stdout.isatty() else 2  # A bar on a terminal, a line per epoch in logs.
+        verbose = 1 if progress.on_terminal() else 2  # Else a line per epoch (logs).
     run.loop(model).fit(make_train, steps_per_epoch=run.steps_per_epoch, val=val_ds,
                         initial_epoch=run.state.epochs_done, epochs=epochs,
                         callbacks=callbacks, verbose=verbose)
@@ -332,7 +334,7 @@ def _cached_features(run: _Run):
     """Phase 1 on features: this task's share computed once; (train fn, val dataset)."""
     t0 = time.monotonic()
     feature_model = run.classifier.feature_model()
-    x, y = _features(feature_model, run.shard("train"))
+    x, y = _features(feature_model, run.shard("train"), "train")
     seed = run.config.seed + run.state.epochs_done
 
     def make_train(context):
@@ -341,7 +343,7 @@ def _cached_features(run: _Run):
 
     val_ds = None
     if run.has_val:
-        vx, vy = _features(feature_model, run.shard("val"))
+        vx, vy = _features(feature_model, run.shard("val"), "val")
         val_ds = _feature_dataset(vx, vy, run.data.batch_size, shuffle=False, seed=0)
     logging.info("Phase 1: backbone features computed once in %.1fs (%d train images)",
                  time.monotonic() - t0, len(x))

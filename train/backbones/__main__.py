@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from serving import tf_noise
+
 _BACKBONE = flags.DEFINE_string("backbone", "lite0", "Backbone name (see `list`).")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "imagenet", '"imagenet", "none", or a Keras weights file with the ImageNet head.'
@@ -55,6 +57,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(main)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:  # Annotations only: `python -m train.backbones --help` loads no TensorFlow.
+    import keras
 
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"

@@ -7,7 +7,9 @@ Usage:
     # What the training loader sees in a class-per-folder tree: classes, images per class
     # and split, skipped files with reasons; exits 1 on a bad layout.
     python -m train.datasets inspect --data_dir=data/fashion
-    python -m train.datasets inspect --data_dir=car_data --image_size=224 --full_check
+    # ... and the memory its decoded images take at the sizes you may train at, and
+    # whether the loader keeps them in RAM (default: the backbone's native size).
+    python -m train.datasets inspect --data_dir=car_data --image_size=224,300 --full_check
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ import time
 
 from absl import app, flags
 
+from serving import tf_noise
+
 _OUT = flags.DEFINE_string("out", None, "Output directory (materialising a dataset).")
 _PER_CLASS = flags.DEFINE_integer("per_class", None,
                                   "Images per class in each split (default: all).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for choosing images and splits.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset root (inspect).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Model input size, for the cache "
-                                   "estimate (inspect).", lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_list("image_size", ["0"], "Input sizes to size the decoded-image "
+                                "cache at, as `python -m train --image_size` (0 = the "
+                                "backbone's native size) (inspect).")
+_BACKBONE = flags.DEFINE_string("backbone", "lite0", "The backbone whose native size "
+                                "--image_size=0 means (inspect).")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Val share split from train when "
                                    "DATA/val is absent (inspect).")
 _TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.0, "Test share split from train when "
@@ -38,7 +45,7 @@ def _usage() -> str:
     names = "\n".join(f"  {name:<14} {info.description}"
                       for name, info in sorted(datasets.REGISTRY.items()))
     return ("usage: python -m train.datasets DATASET --out=DIR [--per_class=N] [--seed=S]\n"
-            "       python -m train.datasets inspect --data_dir=DIR [--image_size=224]\n"
+            "       python -m train.datasets inspect --data_dir=DIR [--image_size=96,224]\n"
             f"datasets:\n{names}")
 
 
@@ -49,7 +56,12 @@ def main(argv: list[str]) -> int:
     if command == "inspect":
         if not _DATA_DIR.value:
             raise app.UsageError("inspect needs --data_dir")
-        return inspect(_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
+        try:
+            image_sizes = [int(size) for size in _IMAGE_SIZE.value]
+        except ValueError:
+            raise app.UsageError(
+                f"--image_size must be integers, got {_IMAGE_SIZE.value}") from None
+        return inspect(_DATA_DIR.value, image_sizes=image_sizes, backbone=_BACKBONE.value,
                        val_fraction=_VAL_FRACTION.value, test_fraction=_TEST_FRACTION.value,
                        full_check=_FULL_CHECK.value)
     from train import datasets
@@ -71,13 +83,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def inspect(data_dir: str, *, image_size: int, val_fraction: float, test_fraction: float,
-            full_check: bool) -> int:
-    """Prints the loader's view of data_dir; returns the exit code (1 on a bad layout)."""
-    from train import data
+def inspect(data_dir: str, *, image_sizes: list[int], backbone: str, val_fraction: float,
+            test_fraction: float, full_check: bool) -> int:
+    """Prints the loader's view of data_dir and its decoded-image cache at each size;
+    returns the exit code (1 on a bad layout or argument)."""
+    from train import backbones, batch_size, data
 
     started = time.monotonic()
     try:
+        if any(size < 0 for size in image_sizes):
+            raise ValueError(f"image sizes must be positive (0: native), got {image_sizes}")
+        native = backbones.get_info(backbone).input_size if 0 in image_sizes else None
         config = data.DataConfig(val_fraction=val_fraction, test_fraction=test_fraction,
                                  full_check=full_check)
         listing = data.list_class_folders(data_dir, config)
@@ -86,14 +102,43 @@ def inspect(data_dir: str, *, image_size: int, val_fraction: float, test_fractio
         return 1
     print(f"{data_dir}: {listing.report()}")
     images = sum(len(split) for split in listing.splits.values())
-    gib = images * image_size * image_size * 3 * 4 / 2**30
-    print(f"checked {images + len(listing.skipped)} files in {time.monotonic() - started:.1f}s;"
-          f" decoded cache at {image_size}px: {gib:.2f} GiB")
+    print(f"checked {images + len(listing.skipped)} files in {time.monotonic() - started:.1f}s")
+    available = batch_size.available_ram()
+    for size in image_sizes:
+        label = f"{native}px ({backbone}'s native size)" if size == 0 else f"{size}px"
+        report = _cache_report(listing, size or native, config, available)
+        print(f"decoded cache at {label}: {report}")
     return 0
+
+
+def _cache_report(listing, image_size: int, config, available_bytes: int) -> str:
+    """Each split's decoded size, which ones the loader keeps in RAM, and whether they fit."""
+    from train import data
+
+    gib = {name: data.decoded_bytes(len(split), image_size) / 2**30
+           for name, split in listing.splits.items()}
+    in_memory = [name for name, split in listing.splits.items()
+                 if data.resolve_cache(config.cache, len(split), image_size) == "memory"]
+    text = ", ".join(f"{name} {size:.2f} GiB" for name, size in gib.items())
+    if in_memory:
+        kept = sum(gib[name] for name in in_memory)
+        available = available_bytes / 2**30
+        which = "" if len(in_memory) == len(gib) else f" ({', '.join(in_memory)})"
+        verdict = (f"fits in the {available:.1f} GiB of RAM available" if kept < available else
+                   f"does NOT fit in the {available:.1f} GiB of RAM available: train at a "
+                   "smaller --image_size or free memory")
+        text += f"; kept in RAM{which}: {kept:.2f} GiB, {verdict}"
+    over = [name for name in gib if name not in in_memory]
+    if over:
+        text += (f"; {', '.join(over)} over the loader's "
+                 f"{data.MEMORY_CACHE_LIMIT / 2**30:.0f} GiB in-memory limit: decoded from the "
+                 "files every epoch")
+    return text
 
 
 def run() -> None:
     """Console-script entry point."""
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(main)
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from train import data as data_lib
-from train import report
-from train.config import load_config
-from train.trainer import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+if TYPE_CHECKING:
+    import keras
+
+# TensorFlow is imported inside the functions: `python -m train.evaluate` runs this file
+# before its entry point, which must come first to keep TensorFlow's start-up noise out.
 
 RESULTS_FILE = "evaluation_{split}.json"
 CONFUSION_FILE = "confusion_matrix_{split}.png"
@@ -27,6 +28,11 @@ CONFUSION_FILE = "confusion_matrix_{split}.png"
 
 def load_trained_model(model_dir: str | pathlib.Path) -> keras.Model:
     """Loads model.keras from a training output directory."""
+    import keras
+
+    from train.config import load_config
+    from train.trainer import CONFIG_FILE, MODEL_FILE
+
     path = pathlib.Path(model_dir) / MODEL_FILE
     if not path.is_file():
         raise ValueError(f"{path} not found: is {model_dir} a finished training run?")
@@ -60,6 +66,11 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
     Raises:
       ValueError: missing files, class mismatch or an empty split.
     """
+    from train import data as data_lib
+    from train import progress, report
+    from train.config import load_config
+    from train.trainer import CONFIG_FILE, LABELS_FILE
+
     model_dir = pathlib.Path(model_dir)
     config, resolved = load_config(model_dir / CONFIG_FILE)
     class_names = data_lib.read_labels(model_dir / LABELS_FILE)
@@ -75,7 +86,9 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
         listing.splits[split], image_size=int(resolved["image_size"]), batch_size=batch_size,
         config=data_lib.DataConfig(augment=None, cache="none"))
     scores, labels = [], []
-    for images, y in ds:  # Labels come with the images: robust to dropped files.
+    # Labels come with the images: robust to a file that fails to decode.
+    for images, y in progress.track(
+            ds, title=f"Scoring {len(listing.splits[split])} {split} images"):
         scores.append(np.asarray(model(images, training=False)))
         labels.append(y.numpy())
     scores, labels = np.concatenate(scores), np.concatenate(labels)

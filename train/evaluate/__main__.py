@@ -10,6 +10,8 @@ import sys
 
 from absl import app, flags
 
+from serving import tf_noise
+
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training output directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Class-per-folder dataset.")
 _SPLIT = flags.DEFINE_enum("split", None, ["train", "val", "test"], "Default: test, else val.")
@@ -40,6 +42,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
+    tf_noise.install()  # Before anything imports TensorFlow.
     app.run(main)
 
 
