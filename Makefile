@@ -136,7 +136,7 @@ test: venv
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check train export serving clients tests
+	$(VENV)/bin/ruff check train export serving clients batch bench tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
