@@ -14,12 +14,20 @@ outputs are split back. Per BatchingParameters:
 * deadlines as batching_session.cc (ProcessBatch) handles RunOptions.timeout_in_ms: a task
   whose deadline passed while queued fails with DEADLINE_EXCEEDED and is left out, and the
   batch runs with the latest deadline among its tasks (none if any task has none).
+
+BatchingServable applies it the way TF Serving's batching session does
+(batching/batching_session.h): it wraps a loaded version at load time and runs like one,
+so the API code calls run() the same with or without batching.
+
+    served = BatchingServable(servable, options, metrics=metrics)
+    outputs = served.run("serving_default", inputs, timeout=5.0)
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,8 +36,13 @@ import grpc
 import numpy as np
 from absl import logging
 
+from serving import deadlines
 from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid_argument, unavailable
+from serving.metrics import Metrics
+from serving.servable import Servable
+
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"  # --enable_per_model_batching_parameters
 
 # (merged inputs, timeout in seconds or None) -> outputs.
 RunFn = Callable[[dict[str, np.ndarray], float | None], dict[str, np.ndarray]]
@@ -202,3 +215,94 @@ class Batcher:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=60)
+
+
+def batching_options_for(servable: Servable, server_options: BatchingOptions, *,
+                         per_model: bool) -> BatchingOptions:
+    """The server's batching parameters, or the version's batching_params.pbtxt.
+
+    Args:
+      servable: the loaded version.
+      server_options: --batching_parameters_file's parameters.
+      per_model: --enable_per_model_batching_parameters; the version's own file wins.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT, the version's file is unparsable or refused (the load
+        fails, as in TF Serving).
+    """
+    path = os.path.join(servable.path, PER_MODEL_BATCHING_FILE)
+    if per_model and os.path.isfile(path):
+        try:
+            return BatchingOptions.from_file(path)
+        except Exception as error:  # Unparsable or refused parameters.
+            raise invalid_argument(f"Invalid {path}: {error}") from None
+    return server_options
+
+
+class BatchingServable:
+    """A loaded version whose runs go through one Batcher per signature.
+
+    Runs like the Servable it wraps (same run() and attributes); closing it stops its
+    batchers, then closes the version.
+    """
+
+    def __init__(self, servable: Servable, options: BatchingOptions, *, metrics: Metrics):
+        """Args:
+          servable: the loaded version; it now belongs to this wrapper.
+          options: resolved BatchingParameters (see batching_options_for).
+          metrics: input and batch sizes are recorded here.
+        """
+        self._servable = servable
+        self.name, self.version, self.path = servable.name, servable.version, servable.path
+        self.meta_graph = servable.meta_graph
+        self._options = options
+        self._metrics = metrics
+        self._lock = threading.Lock()  # Guards _batchers.
+        self._batchers: dict[str, Batcher] = {}  # Signature name -> its batcher.
+
+    @property
+    def signature_defs(self):
+        return self.meta_graph.signature_def
+
+    def _batcher(self, signature_name: str) -> Batcher:
+        with self._lock:
+            if signature_name not in self._batchers:
+                self._batchers[signature_name] = Batcher(
+                    lambda merged, timeout: self._servable.run(signature_name, merged,
+                                                               timeout=timeout),
+                    self._options, on_batch=self._record_batch,
+                    name=f"batch-{self.name}-{self.version}-{signature_name}")
+            return self._batchers[signature_name]
+
+    def _record_batch(self, size: int, padded: int) -> None:
+        self._metrics.processed_batch_size.observe(value=padded)
+        self._metrics.padding_size.observe(padded, value=padded - size)
+        self._metrics.wrapped_run_count.inc()
+
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray], *,
+            timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Servable.run, merged with concurrent runs of the same signature.
+
+        Raises:
+          ServingError: as Servable.run; INVALID_ARGUMENT for a request larger than
+            max_batch_size, UNAVAILABLE when the queue is full, DEADLINE_EXCEEDED when the
+            timeout passes while queued.
+        """
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        future = self._batcher(signature_name).submit(inputs, deadline=deadline)
+        self._metrics.input_batch_size.observe(value=next(iter(
+            np.shape(a)[0] for a in inputs.values())))
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # Still queued: the batch will leave it out.
+            raise deadlines.deadline_exceeded() from None
+
+    def close(self) -> None:
+        """Runs what is queued, stops the batchers, then closes the version."""
+        with self._lock:
+            batchers = list(self._batchers.values())
+            self._batchers.clear()
+        for batcher in batchers:
+            batcher.stop()
+        self._servable.close()

@@ -24,7 +24,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
-from serving.core import ServingCore, request_deadline
+from serving.data_plane import DataPlane
+from serving.deadlines import request_deadline
 from serving.errors import ServingError, bounded, invalid_argument
 
 UNLIMITED = -1
@@ -54,8 +55,8 @@ def example_count(request_input) -> int:
 
 
 class _Servicer:
-    def __init__(self, core: ServingCore, limits: tensors.RequestLimits | None = None):
-        self.core = core
+    def __init__(self, data_plane: DataPlane, limits: tensors.RequestLimits | None = None):
+        self.data_plane = data_plane
         self.limits = limits
 
     def _call(self, api: str | None, model_name: str, function, request, context, *,
@@ -85,37 +86,38 @@ class _Servicer:
 
     def _record(self, api: str | None, model_name: str, status: str, started: float) -> None:
         if api is not None:
-            self.core.metrics.record_request(model_name, status, api=api, entrypoint="GRPC",
-                                             latency_us=(time.monotonic() - started) * 1e6)
+            self.data_plane.metrics.record_request(
+                model_name, status, api=api, entrypoint="GRPC",
+                latency_us=(time.monotonic() - started) * 1e6)
 
 
 class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
     # API labels as prediction_service_impl.cc:53, 92, 120 record them.
     def Predict(self, request, context):
-        return self._call("Predict", request.model_spec.name, self.core.predict, request,
+        return self._call("Predict", request.model_spec.name, self.data_plane.predict, request,
                           context)
 
     def Classify(self, request, context):
-        return self._call("Classify", request.model_spec.name, self.core.classify, request,
+        return self._call("Classify", request.model_spec.name, self.data_plane.classify, request,
                           context, examples=request.input)
 
     def Regress(self, request, context):
-        return self._call("Regress", request.model_spec.name, self.core.regress, request,
+        return self._call("Regress", request.model_spec.name, self.data_plane.regress, request,
                           context, examples=request.input)
 
     def GetModelMetadata(self, request, context):
-        return self._call(None, request.model_spec.name, self.core.get_model_metadata,
+        return self._call(None, request.model_spec.name, self.data_plane.get_model_metadata,
                           request, context)
 
     def MultiInference(self, request, context):
         name = request.tasks[0].model_spec.name if request.tasks else ""
-        return self._call(None, name, self.core.multi_inference, request, context,
+        return self._call(None, name, self.data_plane.multi_inference, request, context,
                           examples=request.input)
 
 
 class ModelServicer(_Servicer, model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request, context):
-        return self._call(None, request.model_spec.name, self.core.get_model_status,
+        return self._call(None, request.model_spec.name, self.data_plane.get_model_status,
                           request, context)
 
     def HandleReloadConfigRequest(self, request, context):
@@ -127,7 +129,7 @@ class ModelServicer(_Servicer, model_service_pb2_grpc.ModelServiceServicer):
                     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                     "ModelConfigList is currently supported")
             try:
-                self.core.manager.reload_config(request.config)
+                self.data_plane.manager.reload_config(request.config)
             except ValueError as error:
                 raise invalid_argument(str(error)) from None
         except ServingError as error:
@@ -137,7 +139,7 @@ class ModelServicer(_Servicer, model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def create_grpc_server(core: ServingCore, *, port: int, host: str = "0.0.0.0",
+def create_grpc_server(data_plane: DataPlane, *, port: int, host: str = "0.0.0.0",
                        max_threads: int = 16, channel_arguments: str = "",
                        limits: tensors.RequestLimits | None = None,
                        ) -> tuple[grpc.Server, int]:
@@ -150,9 +152,9 @@ def create_grpc_server(core: ServingCore, *, port: int, host: str = "0.0.0.0",
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, max_threads), thread_name_prefix="grpc"), options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, limits), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, limits),
-                                                              server)
+        PredictionServicer(data_plane, limits), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(data_plane, limits), server)
     bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
     if bound == 0:
         raise OSError(f"could not bind the gRPC port {host}:{port}")

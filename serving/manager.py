@@ -85,7 +85,7 @@ class ModelManager:
                  metrics: Metrics | None = None,
                  file_system_poll_wait_seconds: float = 1.0,
                  max_num_load_retries: int = 5,
-                 warmup: Callable[[Servable], None] | None = None,
+                 prepare: Callable[[Servable], Servable] | None = None,
                  allow_version_labels_for_unavailable_models: bool = False,
                  saved_model_tags=DEFAULT_TAGS,
                  model_config_file: str | None = None,
@@ -95,8 +95,9 @@ class ModelManager:
           metrics: where load latency and model states are recorded.
           file_system_poll_wait_seconds: base path polling period; <= 0 polls only once.
           max_num_load_retries: further attempts after a failed load, one per poll.
-          warmup: called on a loaded servable before it becomes AVAILABLE; raising fails the
-            load.
+          prepare: turns a loaded version into the one that serves, before it becomes
+            AVAILABLE (serving.loading.prepare_version: the batching wrapper, which runs
+            like a Servable, then warmup); raising fails the load.
           allow_version_labels_for_unavailable_models: new labels may point at versions not
             yet AVAILABLE.
           saved_model_tags: the meta graph to load.
@@ -106,7 +107,7 @@ class ModelManager:
         self.metrics = metrics or Metrics()
         self._poll_seconds = file_system_poll_wait_seconds
         self._max_retries = max(0, max_num_load_retries)
-        self._warmup = warmup
+        self._prepare = prepare
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._tags = tuple(saved_model_tags)
         self._config_file = model_config_file
@@ -318,9 +319,9 @@ class ModelManager:
         try:
             servable = Servable.load(name=state.name, version=state.version, path=state.path,
                                      tags=self._tags)
-            if self._warmup is not None:
+            if self._prepare is not None:
                 try:
-                    self._warmup(servable)
+                    servable = self._prepare(servable)
                 except BaseException:
                     servable.close()
                     raise
@@ -426,8 +427,3 @@ class ModelManager:
                     entry.status.error_code = state.error.code.value[0]
                     entry.status.error_message = state.error.message
         return response
-
-    def available_versions(self, name: str) -> list[int]:
-        with self._lock:
-            return sorted(v for v, s in self._versions.get(name, {}).items()
-                          if s.state == AVAILABLE)

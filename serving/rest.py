@@ -43,8 +43,11 @@ from tensorflow_serving.apis import (
 )
 
 from serving import rest_json, tensors
-from serving.core import SIGNATURE_DEF_FIELD, ServingCore, request_deadline
+from serving.config import DEFAULT_MAX_BODY_BYTES
+from serving.data_plane import DataPlane
+from serving.deadlines import request_deadline
 from serving.errors import ServingError, http_status, invalid_argument
+from serving.metadata import SIGNATURE_DEF_FIELD
 from serving.metrics import UNKNOWN_MODEL, Metrics
 
 # http_rest_api_util.cc (the "Gegex" spelling is TF Serving's).
@@ -56,7 +59,6 @@ _MODEL_STATUS_API = re.compile(
     r"(?:\/(metadata))?")
 _HANDLED = re.compile(r"(?i)/v1/.*")  # kHTTPRestApiHandlerPathRegex
 
-DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 MAX_UNCOMPRESSED_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes, gzip_zlib.h:100
 JSON_TYPE = "application/json"
 
@@ -119,8 +121,9 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
 class RestApi:
     """The request processing, independent of aiohttp (one call per request)."""
 
-    def __init__(self, core: ServingCore, *, max_uncompressed_bytes: int = MAX_UNCOMPRESSED_BYTES):
-        self.core = core
+    def __init__(self, data_plane: DataPlane, *,
+                 max_uncompressed_bytes: int = MAX_UNCOMPRESSED_BYTES):
+        self.data_plane = data_plane
         self.max_uncompressed_bytes = max_uncompressed_bytes
 
     @staticmethod
@@ -176,9 +179,10 @@ class RestApi:
                 if subresource == "metadata":
                     request = get_model_metadata_pb2.GetModelMetadataRequest(
                         model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
-                    return metadata_json(self.core.get_model_metadata(request)), spec.name, ""
+                    response = self.data_plane.get_model_metadata(request)
+                    return metadata_json(response), spec.name, ""
                 request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-                return status_json(self.core.get_model_status(request)), spec.name, ""
+                return status_json(self.data_plane.get_model_status(request)), spec.name, ""
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _predict(self, spec, doc: dict) -> str:
@@ -190,24 +194,24 @@ class RestApi:
             fmt.append(kind)
             return arrays
 
-        outputs = self.core.predict_json(spec, build)
+        outputs = self.data_plane.predict_json(spec, build)
         return rest_json.predict_response(outputs, fmt[0])
 
     def _classify(self, spec, doc: dict) -> str:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
         rest_json.fill_example_request(doc, request)
-        return rest_json.classify_response(self.core.classify(request).result)
+        return rest_json.classify_response(self.data_plane.classify(request).result)
 
     def _regress(self, spec, doc: dict) -> str:
         request = regression_pb2.RegressionRequest(model_spec=spec)
         rest_json.fill_example_request(doc, request)
-        return rest_json.regress_response(self.core.regress(request).result)
+        return rest_json.regress_response(self.data_plane.regress(request).result)
 
 
 class RestServer:
     """aiohttp on its own thread and event loop; model work on a thread pool."""
 
-    def __init__(self, core: ServingCore, *, port: int, host: str = "0.0.0.0",
+    def __init__(self, data_plane: DataPlane, *, port: int, host: str = "0.0.0.0",
                  timeout_in_ms: int = 30000, num_threads: int = 8,
                  prometheus_path: str | None = None, metrics: Metrics | None = None,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -215,9 +219,9 @@ class RestServer:
                  limits: tensors.RequestLimits | None = None,
                  enable_cors_support: bool = False):
         """limits bound each request's input tensors (None: no bound, as TF Serving)."""
-        self.api = RestApi(core, max_uncompressed_bytes=max_uncompressed_bytes)
+        self.api = RestApi(data_plane, max_uncompressed_bytes=max_uncompressed_bytes)
         self.limits = limits
-        self.metrics = metrics or core.metrics
+        self.metrics = metrics or data_plane.metrics
         self.host, self.port = host, port
         self.timeout = timeout_in_ms / 1000 if timeout_in_ms > 0 else None
         self.prometheus_path = prometheus_path

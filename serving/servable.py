@@ -92,8 +92,6 @@ class Servable:
         self._session = session
         self._callables = {}
         self._lock = threading.Lock()
-        self.lock = threading.Lock()  # Guards batchers.
-        self.batchers: dict = {}  # signature name -> Batcher, filled by the batching layer.
 
     @classmethod
     def load(cls, *, name: str, version: int, path: str, tags=DEFAULT_TAGS) -> Servable:
@@ -173,11 +171,7 @@ class Servable:
         return dict(zip(outputs, values))
 
     def close(self) -> None:
-        with self.lock:
-            batchers = list(self.batchers.values())
-            self.batchers.clear()
-        for batcher in batchers:
-            batcher.stop()
+        """Closes the session; runs after close fail with UNAVAILABLE. Idempotent."""
         with self._lock:
             session, self._session = self._session, None
             self._callables.clear()

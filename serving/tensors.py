@@ -27,6 +27,7 @@ import math
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from serving.config import DEFAULT_MAX_REQUEST_BATCH_SIZE, DEFAULT_MAX_REQUEST_TENSOR_BYTES
 from serving.errors import invalid_argument
 
 # numpy dtype per DataType enum, for the types serving requests carry.
@@ -59,9 +60,6 @@ _MAX_ELEMENTS = 2 ** 63 - 1  # TensorShape::IsValid refuses shapes whose size ov
 # What one DT_STRING element costs besides its bytes: sizeof(tensorflow::tstring), which is
 # what the session holds per element once the request is fed.
 STRING_ELEMENT_BYTES = 24
-
-DEFAULT_MAX_REQUEST_BATCH_SIZE = 1024
-DEFAULT_MAX_REQUEST_TENSOR_BYTES = 1 << 30  # 64 12-MP JPEGs (~5 MB each) fit 3 times over.
 
 
 def dtype_string(dtype: int) -> str:
