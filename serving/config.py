@@ -1,4 +1,10 @@
-"""The server's text-proto configuration files, parsed as strictly as TF Serving parses them.
+"""The server's options (ServerOptions) and text-proto configuration files, the latter parsed
+as strictly as TF Serving parses them.
+
+ServerOptions is the one declaration of every option of the local server: python -m serving
+defines its flags from its fields (names, defaults) and builds it from them. This module
+imports neither TensorFlow nor the server, so the entry point can define its flags before
+TensorFlow is loaded.
 
 ModelServerConfig (--model_config_file) comes from tensorflow-serving-api. BatchingParameters
 (--batching_parameters_file, session_bundle_config.proto) and MonitoringConfig
@@ -16,6 +22,7 @@ import dataclasses
 import functools
 import os
 import re
+from typing import TYPE_CHECKING
 
 from google.protobuf import (
     descriptor_pb2,
@@ -25,6 +32,9 @@ from google.protobuf import (
     wrappers_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
+
+if TYPE_CHECKING:
+    from serving.tensors import RequestLimits
 
 _F = descriptor_pb2.FieldDescriptorProto
 _INT64_VALUE = ".google.protobuf.Int64Value"
@@ -47,6 +57,13 @@ DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
+
+# Not TF Serving options (tensorflow_model_server has no such bounds): what one request's
+# input tensors may materialise, checked before allocation (tensors.RequestLimits; 0 = no
+# limit), and the largest REST body (413 beyond).
+DEFAULT_MAX_REQUEST_BATCH_SIZE = 1024
+DEFAULT_MAX_REQUEST_TENSOR_BYTES = 1 << 30  # 64 12-MP JPEGs (~5 MB each) fit 3 times over.
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
 
 
@@ -190,3 +207,91 @@ def validate_model_server_config(config: model_server_config_pb2.ModelServerConf
             if not LABEL_PATTERN.fullmatch(label):
                 raise ValueError(f"Invalid label: {label}. Labels must match "
                                  f"{LABEL_PATTERN.pattern}")
+
+
+# Metadata of the ServerOptions fields python -m serving has no flag for (library use only).
+_NO_FLAG = {"flag": False}
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """tensorflow_model_server's flags, same names and defaults (model_servers/main.cc).
+
+    python -m serving defines one flag per field, with the field's name and default, except
+    the fields marked _NO_FLAG; flag_names() lists the others.
+    """
+
+    port: int = 8500
+    rest_api_port: int = 0  # 0: no REST API, as tensorflow_model_server.
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_num_threads: int = 0  # 0: 4 x cores, as TF Serving.
+    rest_api_enable_cors_support: bool = False
+    grpc_max_threads: int = 0  # 0: 4 x cores.
+    grpc_channel_arguments: str = ""
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    max_num_load_retries: int = 5
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
+    monitoring_config_file: str = ""
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
+    saved_model_tags: str = "serve"
+    host: str = "0.0.0.0"  # Not a TF Serving flag: the listening address (tests: 127.0.0.1).
+    # Not TF Serving flags: per-request tensor bounds (see DEFAULT_MAX_REQUEST_BATCH_SIZE).
+    max_request_batch_size: int = DEFAULT_MAX_REQUEST_BATCH_SIZE
+    max_request_tensor_bytes: int = DEFAULT_MAX_REQUEST_TENSOR_BYTES
+    # Not flags. max_body_bytes: the REST body limit (413).
+    max_body_bytes: int = dataclasses.field(default=DEFAULT_MAX_BODY_BYTES, metadata=_NO_FLAG)
+    # ephemeral_ports: bind gRPC and REST to free ports the OS picks (port and rest_api_port
+    # are ignored; read Server.grpc_port and Server.rest_port after start()). For test
+    # harnesses: no free_port() race. Not a flag, because tensorflow_model_server gives 0 other
+    # meanings: --port=0 disables gRPC over TCP (refused without --grpc_socket_path,
+    # tensorflow_serving/model_servers/server.cc:183-187) and --rest_api_port=0 disables REST
+    # (main.cc:95-98, server.cc:437).
+    ephemeral_ports: bool = dataclasses.field(default=False, metadata=_NO_FLAG)
+
+    @classmethod
+    def flag_names(cls) -> tuple[str, ...]:
+        """The fields python -m serving has a flag for, named as the field."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True))
+
+    def validated(self) -> ServerOptions:
+        """Raises ValueError for the combinations tensorflow_model_server refuses."""
+        from serving.grpc_service import parse_channel_arguments  # Loads TensorFlow.
+
+        # Server::BuildAndStart: the config file, when given, wins over model_base_path.
+        if not self.model_config_file and not self.model_base_path:
+            raise ValueError("Both server_options.model_base_path and "
+                             "server_options.model_config_file are empty!")
+        if self.port == 0 and not self.ephemeral_ports:  # server.cc:183-187
+            raise ValueError("At least one of server_options.grpc_port or "
+                             "server_options.grpc_socket_path must be set.")
+        if self.batching_parameters_file and not self.enable_batching:
+            raise ValueError("server_options.batching_parameters_file is set without setting "
+                             "server_options.enable_batching to true.")
+        for name in ("port", "rest_api_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"--{name} out of range: {getattr(self, name)}")
+        parse_channel_arguments(self.grpc_channel_arguments)
+        self.request_limits()
+        return self
+
+    def request_limits(self) -> RequestLimits:
+        """The per-request tensor bounds; ValueError if negative."""
+        from serving import tensors  # Loads TensorFlow.
+
+        return tensors.RequestLimits(max_batch_size=self.max_request_batch_size,
+                                     max_tensor_bytes=self.max_request_tensor_bytes)
+
+    def model_server_config(self) -> model_server_config_pb2.ModelServerConfig:
+        if self.model_config_file:
+            with open(self.model_config_file) as f:
+                return parse_model_server_config(f.read())
+        return single_model_config(self.model_name, self.model_base_path)

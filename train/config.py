@@ -2,17 +2,25 @@
 
 Usage:
     config = TrainConfig(data_dir="car_data", output_dir="runs/cars").validated()
-    save_config(config, "runs/cars/config.json")
+    rundir.save_config(config, "runs/cars/config.json")  # train/rundir.py reads and writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 AUTO = "auto"
+
+# Input limits of the decoding graph (train.preprocessing), for training and serving alike;
+# declared here, with no TensorFlow import, so entry points can show them as flag defaults.
+# Images whose header declares more pixels are rejected before decoding (max_pixels). 50 MP
+# covers what phones and most cameras write by default; decoded, it is 150 MB of RGB bytes.
+DEFAULT_MAX_PIXELS = 50_000_000
+# JPEGs with more scans are rejected before decoding. Baseline JPEGs have 1 (or one per
+# colour component), progressive encoders write about 10 (libjpeg's default script; mozjpeg
+# up to ~20); each scan is a full pass of the decoder, so this bounds the decode's cost.
+DEFAULT_MAX_JPEG_SCANS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +142,7 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Rebuilds a config written by `save_config` (unknown keys are an error)."""
+    """Rebuilds a config written by `rundir.save_config` (unknown keys are an error)."""
     values = dict(values)
     for phase in ("phase1", "phase2"):
         if isinstance(values.get(phase), dict):
@@ -144,18 +152,3 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
     return TrainConfig(**values).validated()
-
-
-def save_config(config: TrainConfig, path: str | os.PathLike, **resolved: Any) -> None:
-    """Writes the config as JSON, plus resolved facts (e.g. the chosen batch size)."""
-    payload = {"config": to_dict(config), "resolved": resolved}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def load_config(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any]]:
-    with open(path) as f:
-        payload = json.load(f)
-    return from_dict(payload["config"]), payload.get("resolved", {})
