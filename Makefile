@@ -135,8 +135,9 @@ demo-rollout: venv
 test: venv
 	$(PY) -m pytest
 
+# Every Python file in the repository (ruff.toml; .venv and what .gitignore lists are skipped).
 lint: venv
-	$(VENV)/bin/ruff check train export serving clients batch bench tests
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

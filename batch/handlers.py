@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler
 
-from clients import _base, errors
+from clients import client_base, errors
 from clients.results import Prediction
 from clients.retry import RetryPolicy
 
@@ -105,7 +105,7 @@ def predict_in_process(servable, blobs: list[bytes]) -> list[Prediction]:
     except ServingError as error:
         raise errors.from_code(error.code_name, error.message) from None
     # The same rows -> Prediction parsing as the gRPC client's, so the records match.
-    return _base.predictions_from_rows(
+    return client_base.predictions_from_rows(
         outputs[signatures.CLASSES].tolist(), outputs[signatures.SCORES].tolist(),
         outputs[signatures.CLASS_IDS].tolist(), len(blobs), None)
 

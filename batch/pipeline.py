@@ -156,7 +156,7 @@ def make_handler(config: BatchConfig) -> handlers.ImageHandler:
     return handlers.SavedModelHandler(path, version=version, **common)
 
 
-class _ReadImage(beam.DoFn):
+class ReadImage(beam.DoFn):
     """(path, bytes); an unreadable file is a dead letter, not a failed job."""
 
     def __init__(self, name: str, version: int):
@@ -203,7 +203,7 @@ def build(pipeline: beam.Pipeline, config: BatchConfig, handler: handlers.ImageH
             # Spreads the files over workers before the (fused) read and inference.
             | "Spread" >> beam.Reshuffle()
             | "Open" >> fileio.ReadMatches()
-            | "Read" >> beam.ParDo(_ReadImage(handler.name, handler.version)).with_outputs(
+            | "Read" >> beam.ParDo(ReadImage(handler.name, handler.version)).with_outputs(
                 DEAD_LETTER, main="images"))
     scored = read.images | "Score" >> RunInference(handler)
     # Unreadable files join the scored records so that one step counts and routes both.

@@ -68,10 +68,10 @@ def bench_cache() -> dict:
     pixel_epoch = _timed_epochs(on_pixels, pixels, _EPOCHS.value)
 
     start = time.perf_counter()
-    x, y = trainer._features(classifier.feature_model(), pixels, "train")
+    x, y = trainer.compute_features(classifier.feature_model(), pixels, "train")
     extract = time.perf_counter() - start
     on_features = trainer.compile_phase1(classifier, config, on_features=True)
-    feature_ds = trainer._feature_dataset(x, y, _BATCH_SIZE.value, shuffle=True, seed=0)
+    feature_ds = trainer.feature_dataset(x, y, _BATCH_SIZE.value, shuffle=True, seed=0)
     feature_epoch = _timed_epochs(on_features, feature_ds, _EPOCHS.value)
     n = 10  # A typical phase-1 length, to show the one-off extraction amortised.
     return {
@@ -167,8 +167,7 @@ def bench_distributed() -> dict:
     import subprocess
     import sys
 
-    from serving.testing import free_port
-    from train import checkpoint, data, distribute, trainer
+    from train import checkpoint, data, distribute, rundir
 
     data_dir = _prepare()
     train_images = len(data.list_class_folders(data_dir).splits["train"])
@@ -183,7 +182,7 @@ def bench_distributed() -> dict:
                        f"--batch_size={batch}", "--phase1_epochs=0",
                        f"--phase2_epochs={epochs}", "--phase2_warmup_epochs=0", "--patience=0",
                        "--noaugment"]
-            tf_configs = distribute.loopback_tf_configs([free_port() for _ in range(workers)])
+            tf_configs = distribute.loopback_tf_configs(distribute.free_loopback_ports(workers))
             started = time.perf_counter()
             processes = [subprocess.Popen(
                 command, env={**os.environ, **({"TF_CONFIG": c} if workers > 1 else {})},
@@ -191,9 +190,8 @@ def bench_distributed() -> dict:
             codes = [p.wait() for p in processes]
             if codes != [0] * workers:
                 raise RuntimeError(f"{workers}-worker run failed: exit codes {codes}")
-            history = checkpoint.read_state(f"{tmp}/run/{trainer.CHECKPOINT_DIR}").history
-            with open(f"{tmp}/run/{trainer.METRICS_FILE}") as f:
-                test_top1 = json.load(f)["evaluation"]["top1"]
+            history = checkpoint.read_state(f"{tmp}/run/{rundir.CHECKPOINT_DIR}").history
+            test_top1 = rundir.read_metrics(f"{tmp}/run")["evaluation"]["top1"]
         seconds = sum(h["seconds"] for h in history[1:]) / (epochs - 1)
         results[f"workers_{workers}"] = {
             "epoch_s": round(seconds, 2), "steps_per_s": round(steps / seconds, 3),

@@ -53,7 +53,7 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     if name in ("errors", "images", "protos", "results", "retry", "grpc_client",
-                "rest_client", "aio", "loadtest", "cli"):
+                "rest_client", "aio", "loadtest", "cli", "client_base", "tensor_protos"):
         return importlib.import_module(f"clients.{name}")
     raise AttributeError(f"module 'clients' has no attribute {name!r}")
 

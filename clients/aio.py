@@ -24,7 +24,7 @@ import types
 import grpc
 import grpc.aio
 
-from clients import _base
+from clients import client_base
 from clients import retry as retry_lib
 from clients.grpc_client import Metadata, _GrpcCommon, _make_stubs, error_from_rpc
 from clients.results import ModelMetadata, Prediction, VersionStatus
@@ -75,30 +75,30 @@ class AsyncGrpcClient(_GrpcCommon):
                       metadata: Metadata | None = None) -> list[Prediction]:
         """See GrpcClient.predict."""
         encoded = await self._encode_async(image_inputs)
-        response = await self._invoke("predict", self._predict_request(encoded, signature),
+        response = await self._invoke("predict", self.predict_request(encoded, signature),
                                       timeout, metadata)
         return self._predictions(response, len(encoded), top_k)
 
     async def classify(self, image_inputs, *, top_k: int | None = None,
-                       signature: str = _base.DEFAULT_CLASSIFY_SIGNATURE,
+                       signature: str = client_base.DEFAULT_CLASSIFY_SIGNATURE,
                        timeout: float | None | types.EllipsisType = ...,
                        metadata: Metadata | None = None) -> list[Prediction]:
         """See GrpcClient.classify."""
         encoded = await self._encode_async(image_inputs)
-        response = await self._invoke("classify", self._classify_request(encoded, signature),
+        response = await self._invoke("classify", self.classify_request(encoded, signature),
                                       timeout, metadata)
         return self._classifications(response, len(encoded), top_k)
 
     async def metadata(self, *, timeout: float | None | types.EllipsisType = ...,
                        metadata: Metadata | None = None) -> ModelMetadata:
         """See GrpcClient.metadata."""
-        response = await self._invoke("metadata", self._metadata_request(), timeout, metadata)
+        response = await self._invoke("metadata", self.metadata_request(), timeout, metadata)
         return self._model_metadata(response)
 
     async def status(self, *, timeout: float | None | types.EllipsisType = ...,
                      metadata: Metadata | None = None) -> list[VersionStatus]:
         """See GrpcClient.status."""
-        response = await self._invoke("status", self._status_request(), timeout, metadata)
+        response = await self._invoke("status", self.status_request(), timeout, metadata)
         return self._statuses(response)
 
     async def close(self) -> None:

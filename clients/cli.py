@@ -3,7 +3,7 @@
     from clients import cli, connect
 
     client = connect("grpc://localhost:8500", "effnet")
-    results = cli.predict_files(client, cli.find_images(["photos/"]), concurrency=4)
+    results = cli.predict_files(client.predict, cli.find_images(["photos/"]), concurrency=4)
     print(cli.format_table(results))
 """
 
@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from clients import errors, images
 from clients.results import Prediction
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
+# The formats the exported model decodes (train/preprocessing.py; train.data lists the same).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
 
 
 def find_images(arguments: Sequence[str]) -> list[pathlib.Path]:

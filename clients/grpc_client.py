@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from clients import _base, _tensors, errors, images, protos
+from clients import client_base, errors, images, protos, tensor_protos
 from clients import retry as retry_lib
 from clients.results import ModelMetadata, Prediction, Signature, TensorSpec, VersionStatus
 
@@ -95,15 +95,15 @@ def error_from_rpc(error: grpc.RpcError) -> errors.ClientError:
     return errors.from_code(code.value[0], details)
 
 
-class _GrpcCommon(_base.ClientBase):
+class _GrpcCommon(client_base.ClientBase):
     """Request building and response parsing shared by the sync and asyncio clients."""
 
     _EAGER_CHANNEL = False
 
     def __init__(self, target: str, model: str, *, version: int | None = None,
-                 label: str | None = None, signature: str = _base.DEFAULT_SIGNATURE,
-                 input_name: str = _base.DEFAULT_INPUT,
-                 timeout: float | None = _base.DEFAULT_TIMEOUT_S,
+                 label: str | None = None, signature: str = client_base.DEFAULT_SIGNATURE,
+                 input_name: str = client_base.DEFAULT_INPUT,
+                 timeout: float | None = client_base.DEFAULT_TIMEOUT_S,
                  retry: retry_lib.RetryPolicy | None = None, max_size: int | None = None,
                  quality: int = images.DEFAULT_QUALITY, metadata: Metadata = (),
                  root_certificates: bytes | str | os.PathLike | None = None,
@@ -163,38 +163,42 @@ class _GrpcCommon(_base.ClientBase):
     def _encode(self, image_inputs) -> list[bytes]:
         return images.encode_all(image_inputs, max_size=self.max_size, quality=self.quality)
 
-    def _predict_request(self, encoded: list[bytes], signature: str | None):
+    def predict_request(self, encoded: list[bytes], signature: str | None):
+        """The PredictRequest predict() sends for these encoded images (not sent here)."""
         request = protos.PredictRequest()
         self._spec(request.model_spec, signature or self.signature)
-        request.inputs[self.input_name].CopyFrom(_tensors.string_tensor(encoded))
+        request.inputs[self.input_name].CopyFrom(tensor_protos.string_tensor(encoded))
         # Only what predict() reads: probabilities can dwarf the rest for many classes.
-        request.output_filter.extend(_base.PREDICT_OUTPUTS)
+        request.output_filter.extend(client_base.PREDICT_OUTPUTS)
         return request
 
     @staticmethod
     def _predictions(response, count: int, top_k: int | None) -> list[Prediction]:
         outputs = response.outputs
-        _base.check_outputs(outputs)
-        ids = _tensors.rows(outputs["class_ids"]) if "class_ids" in outputs else None
-        return _base.predictions_from_rows(_tensors.rows(outputs["classes"]),
-                                           _tensors.rows(outputs["scores"]), ids, count, top_k)
+        client_base.check_outputs(outputs)
+        ids = tensor_protos.rows(outputs["class_ids"]) if "class_ids" in outputs else None
+        return client_base.predictions_from_rows(tensor_protos.rows(outputs["classes"]),
+                                                 tensor_protos.rows(outputs["scores"]), ids,
+                                                 count, top_k)
 
-    def _classify_request(self, encoded: list[bytes], signature: str | None):
+    def classify_request(self, encoded: list[bytes], signature: str | None):
+        """The ClassificationRequest classify() sends for these encoded images."""
         request = protos.ClassificationRequest()
-        self._spec(request.model_spec, signature or _base.DEFAULT_CLASSIFY_SIGNATURE)
+        self._spec(request.model_spec, signature or client_base.DEFAULT_CLASSIFY_SIGNATURE)
         for data in encoded:
             example = request.input.example_list.examples.add()
-            example.features.feature[_base.EXAMPLE_IMAGE_KEY].bytes_list.value.append(data)
+            example.features.feature[client_base.EXAMPLE_IMAGE_KEY].bytes_list.value.append(data)
         return request
 
     @staticmethod
     def _classifications(response, count: int, top_k: int | None) -> list[Prediction]:
         rows = response.result.classifications
-        return _base.predictions_from_rows([[c.label for c in row.classes] for row in rows],
-                                           [[c.score for c in row.classes] for row in rows],
-                                           None, count, top_k)
+        return client_base.predictions_from_rows(
+            [[c.label for c in row.classes] for row in rows],
+            [[c.score for c in row.classes] for row in rows], None, count, top_k)
 
-    def _metadata_request(self):
+    def metadata_request(self):
+        """The GetModelMetadataRequest metadata() sends."""
         request = protos.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec, None)
         return request
@@ -217,7 +221,8 @@ class _GrpcCommon(_base.ClientBase):
         spec = response.model_spec
         return ModelMetadata(spec.name, spec.version.value, signatures)
 
-    def _status_request(self):
+    def status_request(self):
+        """The GetModelStatusRequest status() sends."""
         request = protos.GetModelStatusRequest()
         self._spec(request.model_spec, None)
         return request
@@ -328,31 +333,31 @@ class GrpcClient(_GrpcCommon):
             ClientError subclasses, e.g. InvalidInputError for an undecodable image.
         """
         encoded = self._encode(image_inputs)
-        response = self._invoke("predict", self._predict_request(encoded, signature),
+        response = self._invoke("predict", self.predict_request(encoded, signature),
                                 timeout, metadata)
         return self._predictions(response, len(encoded), top_k)
 
     def classify(self, image_inputs, *, top_k: int | None = None,
-                 signature: str = _base.DEFAULT_CLASSIFY_SIGNATURE,
+                 signature: str = client_base.DEFAULT_CLASSIFY_SIGNATURE,
                  timeout: float | None | types.EllipsisType = ...,
                  metadata: Metadata | None = None) -> list[Prediction]:
         """The Classify API (signature method tensorflow/serving/classify): each image goes
         as a tf.Example with bytes feature "image/encoded". Same result as predict()."""
         encoded = self._encode(image_inputs)
-        response = self._invoke("classify", self._classify_request(encoded, signature),
+        response = self._invoke("classify", self.classify_request(encoded, signature),
                                 timeout, metadata)
         return self._classifications(response, len(encoded), top_k)
 
     def metadata(self, *, timeout: float | None | types.EllipsisType = ...,
                  metadata: Metadata | None = None) -> ModelMetadata:
         """The signatures of the version this client calls."""
-        response = self._invoke("metadata", self._metadata_request(), timeout, metadata)
+        response = self._invoke("metadata", self.metadata_request(), timeout, metadata)
         return self._model_metadata(response)
 
     def status(self, *, timeout: float | None | types.EllipsisType = ...,
                metadata: Metadata | None = None) -> list[VersionStatus]:
         """The state of each version (only the client's version if it has one)."""
-        response = self._invoke("status", self._status_request(), timeout, metadata)
+        response = self._invoke("status", self.status_request(), timeout, metadata)
         return self._statuses(response)
 
     def close(self) -> None:

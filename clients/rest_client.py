@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import requests
 import requests.adapters
 
-from clients import _base, errors, images
+from clients import client_base, errors, images
 from clients import retry as retry_lib
 from clients.results import ModelMetadata, Prediction, VersionStatus
 
@@ -34,7 +34,7 @@ def _b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
-class RestClient(_base.ClientBase):
+class RestClient(client_base.ClientBase):
     """HTTP client over one requests.Session (pooled keep-alive connections).
 
     Args:
@@ -56,9 +56,9 @@ class RestClient(_base.ClientBase):
     """
 
     def __init__(self, target: str, model: str, *, version: int | None = None,
-                 label: str | None = None, signature: str = _base.DEFAULT_SIGNATURE,
-                 input_name: str = _base.DEFAULT_INPUT,
-                 timeout: float | None = _base.DEFAULT_TIMEOUT_S,
+                 label: str | None = None, signature: str = client_base.DEFAULT_SIGNATURE,
+                 input_name: str = client_base.DEFAULT_INPUT,
+                 timeout: float | None = client_base.DEFAULT_TIMEOUT_S,
                  retry: retry_lib.RetryPolicy | None = None, max_size: int | None = None,
                  quality: int = images.DEFAULT_QUALITY,
                  headers: Mapping[str, str] | None = None, gzip: bool = False,
@@ -162,35 +162,35 @@ class RestClient(_base.ClientBase):
             raise errors.InvalidInputError(
                 "predict() needs a signature with 'classes' and 'scores' outputs",
                 code="INVALID_ARGUMENT")
-        _base.check_outputs(outputs)
-        return _base.predictions_from_rows(outputs["classes"], outputs["scores"],
-                                           outputs.get("class_ids"), len(encoded), top_k)
+        client_base.check_outputs(outputs)
+        return client_base.predictions_from_rows(outputs["classes"], outputs["scores"],
+                                                 outputs.get("class_ids"), len(encoded), top_k)
 
     def classify(self, image_inputs, *, top_k: int | None = None,
-                 signature: str = _base.DEFAULT_CLASSIFY_SIGNATURE,
+                 signature: str = client_base.DEFAULT_CLASSIFY_SIGNATURE,
                  timeout: float | None | types.EllipsisType = ...,
                  headers: Mapping[str, str] | None = None) -> list[Prediction]:
         """The :classify API: each image as an example {"image/encoded": {"b64": ...}}."""
         encoded = images.encode_all(image_inputs, max_size=self.max_size, quality=self.quality)
         body = {"signature_name": signature,
-                "examples": [{_base.EXAMPLE_IMAGE_KEY: _b64(data)} for data in encoded]}
+                "examples": [{client_base.EXAMPLE_IMAGE_KEY: _b64(data)} for data in encoded]}
         result = self._request("POST", self._model_url() + ":classify", body, timeout,
                                headers).get("results", [])
-        return _base.predictions_from_rows([[pair[0] for pair in row] for row in result],
-                                           [[pair[1] for pair in row] for row in result],
-                                           None, len(encoded), top_k)
+        return client_base.predictions_from_rows(
+            [[pair[0] for pair in row] for row in result],
+            [[pair[1] for pair in row] for row in result], None, len(encoded), top_k)
 
     def metadata(self, *, timeout: float | None | types.EllipsisType = ...,
                  headers: Mapping[str, str] | None = None) -> ModelMetadata:
         """The signatures of the version this client calls."""
         body = self._request("GET", self._model_url() + "/metadata", None, timeout, headers)
-        return _base.metadata_from_json(body)
+        return client_base.metadata_from_json(body)
 
     def status(self, *, timeout: float | None | types.EllipsisType = ...,
                headers: Mapping[str, str] | None = None) -> list[VersionStatus]:
         """The state of each version (only the client's version if it has one)."""
         body = self._request("GET", self._model_url(), None, timeout, headers)
-        return _base.status_from_json(body)
+        return client_base.status_from_json(body)
 
     def close(self) -> None:
         if self._owns_session:

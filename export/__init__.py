@@ -1,1 +1,1 @@
-"""SavedModel export: JPEG-bytes serving signature, warmup records, atomic versions (planned)."""
+"""SavedModel export: JPEG-bytes serving signature, warmup records, atomic versions."""

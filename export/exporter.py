@@ -25,62 +25,13 @@ import tensorflow as tf
 from absl import logging
 
 from export import publish, session, signatures, warmup
-from train import data as data_lib
-from train import preprocessing, progress
-from train.config import load_config
-from train.evaluate import load_trained_model
-from train.trainer import CONFIG_FILE, LABELS_FILE, METRICS_FILE
+from export.config import ExportConfig  # Declared apart: its module loads no TensorFlow.
+from train import preprocessing, progress, rundir
 
 EXPORT_CONFIG_FILE = "export_config.json"
 WARMUP_IMAGE_COUNT = 8
 # The staged model must reproduce the Keras model's probabilities this closely.
 VERIFY_ATOL = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """What to export, where, and how the serving graph behaves.
-
-    Attributes:
-      model_dir: a finished training run (model.keras, labels.txt, config.json).
-      export_base: the TF Serving base path, e.g. models/cars; versions go in it.
-      version: the version number; None = one more than the newest published.
-      top_k: classes/scores per image in the predict and classify outputs.
-      keep_versions: after publishing, delete all but this many newest versions (0 = keep all).
-      max_pixels: reject images whose header declares more pixels, before decoding.
-      jpeg_dct_scaling: decode large JPEGs at 1/2..1/8 scale in the DCT domain.
-      max_jpeg_scans: reject JPEGs with more scans (decoding passes), before decoding.
-      warmup_images: encoded images for the warmup file; default: a few from the training
-        run's dataset if it is still there, else a synthetic photo.
-      warmup_batch_sizes: batch sizes of the warmup requests.
-    """
-
-    model_dir: str
-    export_base: str
-    version: int | None = None
-    top_k: int = 5
-    keep_versions: int = 0
-    max_pixels: int | None = preprocessing.DEFAULT_MAX_PIXELS
-    jpeg_dct_scaling: bool = True
-    max_jpeg_scans: int | None = preprocessing.DEFAULT_MAX_JPEG_SCANS
-    warmup_images: tuple[str, ...] = ()
-    warmup_batch_sizes: tuple[int, ...] = (1, 8)
-
-    def validated(self) -> ExportConfig:
-        if not self.model_dir or not self.export_base:
-            raise ValueError("model_dir and export_base are required")
-        if self.version is not None:
-            publish.check_new_version(self.export_base, self.version)
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.keep_versions < 0:
-            raise ValueError(f"keep_versions must be >= 0, got {self.keep_versions}")
-        for name in ("max_pixels", "max_jpeg_scans"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
-            raise ValueError(f"warmup batch sizes must be positive: {self.warmup_batch_sizes}")
-        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +57,13 @@ def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> E
         staged model that does not reproduce the Keras model (nothing is published).
     """
     model_dir = pathlib.Path(config.model_dir)
-    for name in (CONFIG_FILE, LABELS_FILE):
+    for name in (rundir.CONFIG_FILE, rundir.LABELS_FILE):
         if not (model_dir / name).is_file():
             raise ValueError(f"{model_dir / name} not found: is {model_dir} a finished run?")
-    train_config, resolved = load_config(model_dir / CONFIG_FILE)
-    labels = data_lib.read_labels(model_dir / LABELS_FILE)
+    train_config, resolved = rundir.load_config(model_dir / rundir.CONFIG_FILE)
+    labels = rundir.read_labels(model_dir / rundir.LABELS_FILE)
     image_size = int(resolved["image_size"])
-    model = model if model is not None else load_trained_model(model_dir)
+    model = model if model is not None else rundir.load_trained_model(model_dir)
 
     base = pathlib.Path(config.export_base)
     for stale in publish.remove_stale_staging(base):
@@ -120,8 +71,8 @@ def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> E
     module = signatures.ServingModule(
         model, labels=labels, image_size=image_size, top_k=config.top_k,
         max_pixels=config.max_pixels, jpeg_dct_scaling=config.jpeg_dct_scaling,
-        max_jpeg_scans=config.max_jpeg_scans, labels_file=str(model_dir / LABELS_FILE))
-    images = _warmup_images(config, train_config.data_dir)
+        max_jpeg_scans=config.max_jpeg_scans, labels_file=str(model_dir / rundir.LABELS_FILE))
+    images = _warmup_images(config, train_config)
     records = warmup.build_warmup_records(images, model_name=base.name,
                                           batch_sizes=config.warmup_batch_sizes)
 
@@ -140,21 +91,11 @@ def export_model(config: ExportConfig, *, model: keras.Model | None = None) -> E
     return ExportResult(path=path, version=version, pruned=pruned, metadata=metadata)
 
 
-def _warmup_images(config: ExportConfig, data_dir: str) -> list[bytes]:
+def _warmup_images(config: ExportConfig, train_config) -> list[bytes]:
     """Encoded images shaped like real traffic: given files, the run's data, or synthetic."""
-    if config.warmup_images:
-        return [pathlib.Path(p).read_bytes() for p in config.warmup_images]
-    try:
-        listing = data_lib.list_class_folders(data_dir)
-    except (ValueError, OSError):
-        listing = None  # The dataset may not travel with the trained model.
-    if listing is not None:
-        split = listing.splits.get("test") or listing.splits.get("val") or listing.splits["train"]
-        # Spread over the classes rather than the first folder's files.
-        step = max(1, len(split.paths) // WARMUP_IMAGE_COUNT)
-        paths = list(split.paths)[::step][:WARMUP_IMAGE_COUNT]
-        if paths:
-            return [pathlib.Path(p).read_bytes() for p in paths]
+    paths = config.warmup_images or rundir.sample_images(train_config, WARMUP_IMAGE_COUNT)
+    if paths:
+        return [pathlib.Path(p).read_bytes() for p in paths]
     return [warmup.synthetic_photo()]
 
 
@@ -193,13 +134,12 @@ def _verify(staging: pathlib.Path, model: keras.Model, records, images: list[byt
     served_labels = [c.decode("utf-8") for c in served[signatures.CLASSES][:, 0]]
     if served_labels != expected_labels:
         raise ValueError(f"the exported model names classes {served_labels}, expected "
-                         f"{expected_labels} from {LABELS_FILE}; nothing was published")
+                         f"{expected_labels} from {rundir.LABELS_FILE}; nothing was published")
 
 
 def _metadata(config: ExportConfig, train_config, labels: list[str], image_size: int,
               module: signatures.ServingModule, version: int, model_dir: pathlib.Path) -> dict:
-    metrics_path = model_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = rundir.read_metrics(model_dir)
     return {
         "model_name": pathlib.Path(config.export_base).name,
         "version": version,
@@ -210,7 +150,7 @@ def _metadata(config: ExportConfig, train_config, labels: list[str], image_size:
         "backbone": train_config.backbone,
         "image_size": image_size,
         "num_classes": len(labels),
-        "labels_file": "assets/" + LABELS_FILE,
+        "labels_file": "assets/" + rundir.LABELS_FILE,
         "top_k": module.top_k,
         "preprocessing": {
             "decode": "JPEG/PNG/GIF (first frame)/BMP in the graph, EXIF orientation "

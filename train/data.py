@@ -30,7 +30,6 @@ import hashlib
 import os
 import pathlib
 import struct
-from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -645,29 +644,3 @@ def load_class_folders(data_dir: str | os.PathLike, *, image_size: int, batch_si
                          f"{batch_size}")
     return ClassFolderData(list_class_folders(data_dir, config), image_size, batch_size, config)
 
-
-def write_labels(class_names: Iterable[str], path: str | os.PathLike) -> None:
-    """Writes one class name per line (UTF-8, "\\n" line ends), in class-index order.
-
-    Raises:
-      ValueError: a name is empty, holds a line break or repeats, any of which would not
-        read back as the same list.
-    """
-    names = list(class_names)
-    for name in names:
-        if not name or len(name.splitlines()) != 1 or name.splitlines()[0] != name:
-            raise ValueError(f"class name {name!r} cannot be written to a labels file")
-    repeated = sorted(n for n, k in collections.Counter(names).items() if k > 1)
-    if repeated:
-        raise ValueError(f"class names repeat: {repeated}")
-    pathlib.Path(path).write_bytes("".join(f"{n}\n" for n in names).encode("utf-8"))
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Reads a labels file written by `write_labels`; index i is the name of class i.
-
-    Names are kept exactly (folder names may end in spaces); empty lines and a "\\r" from
-    Windows line ends are dropped.
-    """
-    text = pathlib.Path(path).read_bytes().decode("utf-8")
-    return [line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r")]

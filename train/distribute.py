@@ -14,6 +14,7 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -69,6 +70,19 @@ def loopback_tf_configs(ports: list[int]) -> list[str]:
     workers = [f"localhost:{port}" for port in ports]
     return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
             for i in range(len(ports))]
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """count loopback ports free right now, for loopback_tf_configs: every worker's address
+    is in every TF_CONFIG before any worker starts, so they cannot bind port 0 and report it.
+    A port can be taken before its worker binds it; the worker then fails to start."""
+    import socket
+
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))  # All held open at once: count distinct ports.
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _parse(tf_config: str) -> tuple[dict, dict]:

@@ -25,13 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-# Images whose header declares more pixels are rejected before decoding (max_pixels). 50 MP
-# covers what phones and most cameras write by default; decoded, it is 150 MB of RGB bytes.
-DEFAULT_MAX_PIXELS = 50_000_000
-# JPEGs with more scans are rejected before decoding. Baseline JPEGs have 1 (or one per
-# colour component), progressive encoders write about 10 (libjpeg's default script; mozjpeg
-# up to ~20); each scan is a full pass of the decoder, so this bounds the decode's cost.
-DEFAULT_MAX_JPEG_SCANS = 64
+from train.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS  # The input limits.
 
 
 class ImageFormat(enum.IntEnum):
@@ -98,7 +92,7 @@ _SOF_SEGMENT, _APP1_SEGMENT = 1, 2
 # Problem codes, in the order they are checked.
 _OK, _EMPTY, _NOT_AN_IMAGE, _CORRUPT_HEADER, _TRUNCATED = range(5)
 # The reduced scales libjpeg can decode at (its 4x4, 2x2 and 1x1 IDCTs), largest first.
-_DCT_RATIOS = (8, 4, 2, 1)
+DCT_RATIOS = (8, 4, 2, 1)
 _EXIF_ORIENTATION_TAG = 0x0112
 _TIFF_SHORT = 3
 
@@ -313,12 +307,12 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, *,
                        lambda: tf.strings.join([tf.strings.substr(
                            image_bytes, tf.constant(0, tf.int64), header.decode_end), ";"]),
                        lambda: image_bytes)
-        return _apply_bmp_palette(
+        return apply_bmp_palette(
             data, tf.io.decode_image(data, channels=3, expand_animations=False))
 
     # The ratio is a static attribute of the decoder: one branch per ratio, then the rest.
     if jpeg_dct_scaling:
-        ratios, ratio_index = _DCT_RATIOS, _dct_ratio_index(header, image_size)
+        ratios, ratio_index = DCT_RATIOS, dct_ratio_index(header, image_size)
     else:
         ratios, ratio_index = (1,), tf.constant(0)
     branch = tf.where(tf.equal(header.format, int(ImageFormat.JPEG)), ratio_index, len(ratios))
@@ -620,15 +614,15 @@ def _too_many_pixels(header: ImageHeader, max_pixels: int) -> tf.Tensor:
         " MP) exceeds the limit of ", _megapixels(max_pixels)])
 
 
-def _dct_ratio_index(header: ImageHeader, image_size: int) -> tf.Tensor:
-    """Index in _DCT_RATIOS of the largest ratio that still leaves image_size pixels each way.
+def dct_ratio_index(header: ImageHeader, image_size: int) -> tf.Tensor:
+    """Index in DCT_RATIOS of the largest ratio that still leaves image_size pixels each way.
 
     libjpeg sizes a scaled output ceil(side / ratio); ratio 1 (the last) when none does.
     """
     shorter = tf.minimum(header.height, header.width)
-    index = tf.constant(len(_DCT_RATIOS) - 1)
-    for i in reversed(range(len(_DCT_RATIOS) - 1)):
-        ratio = _DCT_RATIOS[i]
+    index = tf.constant(len(DCT_RATIOS) - 1)
+    for i in reversed(range(len(DCT_RATIOS) - 1)):
+        ratio = DCT_RATIOS[i]
         index = tf.where((shorter + ratio - 1) // ratio >= image_size, i, index)
     return index
 
@@ -651,7 +645,7 @@ def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     ])
 
 
-def _apply_bmp_palette(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+def apply_bmp_palette(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
     """Maps the colour indices of an 8-bit BMP through its palette; other images pass through.
 
     TensorFlow's BMP decoder returns the raw palette index of 8-bit BMPs as a grey level, so

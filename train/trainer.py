@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -29,22 +28,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from train import backbones, checkpoint, distribute, progress, report
+from train import backbones, checkpoint, distribute, progress, report, rundir
 from train import batch_size as batch_size_lib
 from train import data as data_lib
 from train import loop as loop_lib
-from train.config import AUTO, TrainConfig, load_config, save_config, to_dict
+from train.config import AUTO, TrainConfig, to_dict
 from train.model import Classifier, build_classifier, set_phase1_trainable, set_phase2_trainable
-
-# Files in output_dir.
-CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.txt"
-METRICS_FILE = "metrics.json"
-CURVES_FILE = "training_curves.png"
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoints/last"
-BEST_WEIGHTS = "checkpoints/best.weights.h5"
-LOG_DIR = "logs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +134,13 @@ class _Run:
         return context.get_per_replica_batch_size(self.data.batch_size)
 
 
-class _EpochEnd(keras.callbacks.Callback):
+class EpochEnd(keras.callbacks.Callback):
     """Records history, tracks the best epoch, stops early and checkpoints every epoch."""
 
     def __init__(self, run: _Run, *, fitted: keras.Model, phase: int, patience: int):
         super().__init__()
-        self._run, self._fitted, self._phase, self._patience = run, fitted, phase, patience
+        self._run, self._fitted, self._patience = run, fitted, patience
+        self.phase = phase
         self._started = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -160,7 +150,7 @@ class _EpochEnd(keras.callbacks.Callback):
         run, state = self._run, self._run.state
         logs = {k: float(v) for k, v in (logs or {}).items()}
         seconds = round(time.monotonic() - self._started, 3)  # Training and validation.
-        state.history.append({"phase": self._phase, "epoch": epoch + 1, **logs,
+        state.history.append({"phase": self.phase, "epoch": epoch + 1, **logs,
                               "seconds": seconds})
         state.epochs_done = epoch + 1
         model = run.classifier.model
@@ -169,18 +159,19 @@ class _EpochEnd(keras.callbacks.Callback):
             state.best_val_accuracy, state.best_epoch, state.wait = score, epoch + 1, 0
             run.best_weights = model.get_weights()
             if run.task.is_chief:  # For a resumed run; this one restores from memory.
-                model.save_weights(run.out / BEST_WEIGHTS)
+                model.save_weights(run.out / rundir.BEST_WEIGHTS)
         else:
             state.wait += 1
             if self._patience and state.wait >= self._patience:
                 logging.info("Early stopping: no improvement for %d epochs", state.wait)
                 self._fitted.stop_training = True
         if run.task.is_chief:
-            checkpoint.save(run.out / CHECKPOINT_DIR, model, self._fitted.optimizer, state)
+            checkpoint.save(run.out / rundir.CHECKPOINT_DIR, model, self._fitted.optimizer, state)
 
 
-def _features(feature_model: keras.Model, ds: tf.data.Dataset, split: str
-              ) -> tuple[np.ndarray, np.ndarray]:
+def compute_features(feature_model: keras.Model, ds: tf.data.Dataset, split: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's pooled features of every image in ds, with their labels (in order)."""
     # Compiled once: eager calls per batch would be several times slower.
     extract = tf.function(lambda images: feature_model(images, training=False))
     feats, labels = [], []
@@ -192,8 +183,9 @@ def _features(feature_model: keras.Model, ds: tf.data.Dataset, split: str
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def _feature_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int,
-                     repeat: bool = False) -> tf.data.Dataset:
+def feature_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool, seed: int,
+                    repeat: bool = False) -> tf.data.Dataset:
+    """Batches of (features, labels) to fit the head on, optionally shuffled and repeated."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -204,10 +196,10 @@ def _feature_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool,
 
 def _check_resumable(out: pathlib.Path, config: TrainConfig) -> None:
     """A run in out must have been made with the same config, or we refuse to mix them."""
-    path = out / CONFIG_FILE
+    path = out / rundir.CONFIG_FILE
     if not path.is_file():
         return
-    saved, _ = load_config(path)
+    saved, _ = rundir.load_config(path)
     if to_dict(saved) != to_dict(config):
         differing = sorted(k for k, v in to_dict(config).items() if to_dict(saved).get(k) != v)
         raise ValueError(
@@ -239,7 +231,7 @@ def train(config: TrainConfig, *, strategy: tf.distribute.Strategy | None = None
     out = pathlib.Path(config.output_dir)
     task = distribute.task_from_tf_config(os.environ.get("TF_CONFIG"))
     if task.is_chief:
-        (out / CHECKPOINT_DIR).parent.mkdir(parents=True, exist_ok=True)
+        (out / rundir.CHECKPOINT_DIR).parent.mkdir(parents=True, exist_ok=True)
     _check_resumable(out, config)
     # The strategy first: MultiWorkerMirroredStrategy must configure TensorFlow before
     # anything (a dtype policy included) initialises it.
@@ -270,11 +262,12 @@ def train(config: TrainConfig, *, strategy: tf.distribute.Strategy | None = None
     logging.info("Data: %s; global batch size %d over %d replicas (%d tasks)",
                  data.summary(), batch, replicas, task.workers)
     if task.is_chief:
-        data_lib.write_labels(data.class_names, out / LABELS_FILE)
-        save_config(config, out / CONFIG_FILE, batch_size=batch, image_size=image_size,
-                    class_count=len(data.class_names), skipped_files=len(data.skipped))
+        rundir.write_labels(data.class_names, out / rundir.LABELS_FILE)
+        rundir.save_config(config, out / rundir.CONFIG_FILE, batch_size=batch,
+                           image_size=image_size, class_count=len(data.class_names),
+                           skipped_files=len(data.skipped))
 
-    state = checkpoint.read_state(out / CHECKPOINT_DIR) or checkpoint.RunState()
+    state = checkpoint.read_state(out / rundir.CHECKPOINT_DIR) or checkpoint.RunState()
     run = _Run(config, strategy, task, classifier, data, state, out)
     in_phase2 = state.phase == 2 and not state.phase_done  # _run_phase2 restores it all.
     # Outside the strategy's scope from here on (but where an optimizer is made): Keras
@@ -283,11 +276,11 @@ def train(config: TrainConfig, *, strategy: tf.distribute.Strategy | None = None
     if state.phase == 1 and not state.phase_done and config.phase1.epochs:
         _run_phase1(run)
     elif (state.epochs_done or state.phase == 2) and not in_phase2:
-        checkpoint.load(out / CHECKPOINT_DIR, classifier.model, None)
+        checkpoint.load(out / rundir.CHECKPOINT_DIR, classifier.model, None)
     if not (state.phase == 2 and state.phase_done) and config.phase2.epochs:
         _run_phase2(run)
     metrics = _finish(run, time.monotonic() - started)
-    return TrainResult(str(out), metrics, str(out / MODEL_FILE))
+    return TrainResult(str(out), metrics, str(out / rundir.MODEL_FILE))
 
 
 def _data_config(config: TrainConfig) -> data_lib.DataConfig:
@@ -298,10 +291,10 @@ def _data_config(config: TrainConfig) -> data_lib.DataConfig:
 
 
 def _fit(run: _Run, model, make_train, val_ds, *, epochs, patience, phase):
-    callbacks = [_EpochEnd(run, fitted=model, phase=phase, patience=patience)]
+    callbacks = [EpochEnd(run, fitted=model, phase=phase, patience=patience)]
     verbose = 0
     if run.task.is_chief:
-        log_dir = run.out / LOG_DIR / f"phase{phase}"
+        log_dir = run.out / rundir.LOG_DIR / f"phase{phase}"
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
         verbose = 1 if progress.on_terminal() else 2  # Else a line per epoch (logs).
     run.loop(model).fit(make_train, steps_per_epoch=run.steps_per_epoch, val=val_ds,
@@ -334,17 +327,17 @@ def _cached_features(run: _Run):
     """Phase 1 on features: this task's share computed once; (train fn, val dataset)."""
     t0 = time.monotonic()
     feature_model = run.classifier.feature_model()
-    x, y = _features(feature_model, run.shard("train"), "train")
+    x, y = compute_features(feature_model, run.shard("train"), "train")
     seed = run.config.seed + run.state.epochs_done
 
     def make_train(context):
-        return _feature_dataset(x, y, run.check_input_context(context), shuffle=True,
-                                seed=seed, repeat=True)
+        return feature_dataset(x, y, run.check_input_context(context), shuffle=True,
+                               seed=seed, repeat=True)
 
     val_ds = None
     if run.has_val:
-        vx, vy = _features(feature_model, run.shard("val"), "val")
-        val_ds = _feature_dataset(vx, vy, run.data.batch_size, shuffle=False, seed=0)
+        vx, vy = compute_features(feature_model, run.shard("val"), "val")
+        val_ds = feature_dataset(vx, vy, run.data.batch_size, shuffle=False, seed=0)
     logging.info("Phase 1: backbone features computed once in %.1fs (%d train images)",
                  time.monotonic() - t0, len(x))
     return make_train, val_ds
@@ -357,7 +350,7 @@ def _run_phase1(run: _Run):
         model = compile_phase1(run.classifier, config, on_features=cached)
         model.optimizer.build(model.trainable_variables)
     if state.epochs_done:  # Resuming inside phase 1.
-        checkpoint.load(run.out / CHECKPOINT_DIR, run.classifier.model, model.optimizer)
+        checkpoint.load(run.out / rundir.CHECKPOINT_DIR, run.classifier.model, model.optimizer)
     if cached:
         make_train, val_ds = _cached_features(run)
     else:
@@ -373,7 +366,7 @@ def _run_phase2(run: _Run):
         model = compile_phase2(run.classifier, config, steps_per_epoch=run.steps_per_epoch)
         model.optimizer.build(model.trainable_variables)
     if state.phase == 2:  # Resuming inside phase 2: optimizer state and schedule position too.
-        checkpoint.load(run.out / CHECKPOINT_DIR, run.classifier.model, model.optimizer)
+        checkpoint.load(run.out / rundir.CHECKPOINT_DIR, run.classifier.model, model.optimizer)
     else:
         state.start_phase(2)
     _fit(run, model, _pixels_fn(run, 2), run.shard("val"), epochs=config.phase2.epochs,
@@ -383,7 +376,7 @@ def _run_phase2(run: _Run):
 
 def _end_phase(run: _Run, *, phase):
     """Restores the phase's best weights, records its best score and checkpoints the end."""
-    state, model, best = run.state, run.classifier.model, run.out / BEST_WEIGHTS
+    state, model, best = run.state, run.classifier.model, run.out / rundir.BEST_WEIGHTS
     if run.best_weights is not None:
         model.set_weights(run.best_weights)
     elif best.is_file():  # Resumed after the best epoch: the chief's file from before.
@@ -395,7 +388,7 @@ def _end_phase(run: _Run, *, phase):
         print(f"phase {phase}: {state.epochs_done} epochs, best "
               f"{'val accuracy' if run.has_val else 'accuracy'} {state.best_val_accuracy:.4f} "
               f"(epoch {state.best_epoch})", flush=True)
-        checkpoint.save(run.out / CHECKPOINT_DIR, model, None, state)
+        checkpoint.save(run.out / rundir.CHECKPOINT_DIR, model, None, state)
         if phase == 1:
             best.unlink(missing_ok=True)  # Phase 2 tracks its own best.
 
@@ -425,10 +418,10 @@ def _finish(run: _Run, seconds) -> dict:
     }
     if not run.task.is_chief:
         return metrics
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    rundir.write_metrics(metrics, out)
     if state.history:
-        report.plot_training_curves(state.history, out / CURVES_FILE)
-    run.classifier.model.save(out / MODEL_FILE)
+        report.plot_training_curves(state.history, out / rundir.CURVES_FILE)
+    rundir.save_model(run.classifier.model, out)
     print(f"done: {eval_split} top-1 {evaluation.get('top1', float('nan')):.4f}, "
           f"top-5 {evaluation.get('top5', float('nan')):.4f}; outputs in {out}", flush=True)
     return metrics

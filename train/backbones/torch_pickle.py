@@ -91,8 +91,9 @@ def _ints(value, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                      backward_hooks=None, metadata=None):
+    """What torch._utils._rebuild_tensor_v2 becomes here: a checked reference to a storage."""
     del requires_grad, backward_hooks, metadata  # Training state, irrelevant for weights.
     if not isinstance(storage, _StorageRef):
         raise UnsafePickleError(f"a tensor's storage must be a persistent id, got {storage!r}")
@@ -115,18 +116,18 @@ class RestrictedUnpickler(pickle._Unpickler):
     that write into existing objects; here each checks its target first.
     """
 
-    _ALLOWED = {
+    ALLOWED = {  # (module, name) -> what find_class returns; nothing else resolves.
         ("collections", "OrderedDict"): _ordered_dict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
         **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
     }
-    _CALLABLE = (_ordered_dict, _rebuild_tensor_v2)
+    _CALLABLE = (_ordered_dict, rebuild_tensor_v2)
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         try:
-            return self._ALLOWED[(module, name)]
+            return self.ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
                 f"refusing to unpickle global {module}.{name}: weights files may only "

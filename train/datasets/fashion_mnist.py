@@ -129,8 +129,9 @@ def _pick(labels: np.ndarray, per_class: int | None, rng: np.random.Generator,
     return np.sort(np.concatenate(chosen))
 
 
-def _write_split(root: pathlib.Path, images: np.ndarray, labels: np.ndarray,
-                 indices: np.ndarray, prefix: str) -> None:
+def write_split(root: pathlib.Path, images: np.ndarray, labels: np.ndarray,
+                indices: np.ndarray, prefix: str) -> None:
+    """Writes images[indices] as JPEGs into root/CLASS_NAME/PREFIXNNNNN.jpg (one split)."""
     from PIL import Image
 
     for name in CLASS_NAMES:
@@ -191,9 +192,9 @@ def materialise(out_dir: str | os.PathLike, *, per_class: int | None = None, see
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     try:
-        _write_split(tmp / "train", train_images, train_labels, train_idx, "train")
-        _write_split(tmp / "val", train_images, train_labels, val_idx, "train")
-        _write_split(tmp / "test", test_images, test_labels, test_idx, "test")
+        write_split(tmp / "train", train_images, train_labels, train_idx, "train")
+        write_split(tmp / "val", train_images, train_labels, val_idx, "train")
+        write_split(tmp / "test", test_images, test_labels, test_idx, "test")
         counts = {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}
         # Written last: its presence is what marks a copy complete.
         (tmp / MANIFEST).write_text(json.dumps(

@@ -12,34 +12,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import keras
+from train import rundir
 
 # TensorFlow is imported inside the functions: `python -m train.evaluate` runs this file
 # before its entry point, which must come first to keep TensorFlow's start-up noise out.
-
-RESULTS_FILE = "evaluation_{split}.json"
-CONFUSION_FILE = "confusion_matrix_{split}.png"
-
-
-def load_trained_model(model_dir: str | pathlib.Path) -> keras.Model:
-    """Loads model.keras from a training output directory."""
-    import keras
-
-    from train.config import load_config
-    from train.trainer import CONFIG_FILE, MODEL_FILE
-
-    path = pathlib.Path(model_dir) / MODEL_FILE
-    if not path.is_file():
-        raise ValueError(f"{path} not found: is {model_dir} a finished training run?")
-    config, _ = load_config(pathlib.Path(model_dir) / CONFIG_FILE)
-    if config.backbone.startswith("efn-"):
-        import efficientnet.tfkeras  # noqa: F401  Registers the package's custom layers.
-    return keras.models.load_model(path, compile=False)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -68,12 +47,10 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
     """
     from train import data as data_lib
     from train import progress, report
-    from train.config import load_config
-    from train.trainer import CONFIG_FILE, LABELS_FILE
 
     model_dir = pathlib.Path(model_dir)
-    config, resolved = load_config(model_dir / CONFIG_FILE)
-    class_names = data_lib.read_labels(model_dir / LABELS_FILE)
+    config, resolved = rundir.load_config(model_dir / rundir.CONFIG_FILE)
+    class_names = rundir.read_labels(model_dir / rundir.LABELS_FILE)
     listing = data_lib.list_class_folders(
         data_dir, data_lib.DataConfig(val_fraction=config.val_fraction, seed=config.seed))
     if list(listing.class_names) != class_names:
@@ -81,7 +58,7 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
     split = split or ("test" if "test" in listing.splits else "val")
     if split not in listing.splits or not len(listing.splits[split]):
         raise ValueError(f"{data_dir} has no {split} split")
-    model = load_trained_model(model_dir)
+    model = rundir.load_trained_model(model_dir)
     ds = data_lib.make_dataset(
         listing.splits[split], image_size=int(resolved["image_size"]), batch_size=batch_size,
         config=data_lib.DataConfig(augment=None, cache="none"))
@@ -104,7 +81,7 @@ def evaluate_model(model_dir: str | pathlib.Path, data_dir: str | pathlib.Path, 
         "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
         "confusion_matrix": matrix.tolist(),
     }
-    (model_dir / RESULTS_FILE.format(split=split)).write_text(json.dumps(results, indent=1))
+    (model_dir / rundir.RESULTS_FILE.format(split=split)).write_text(json.dumps(results, indent=1))
     report.plot_confusion_matrix(matrix, class_names,
-                                 model_dir / CONFUSION_FILE.format(split=split))
+                                 model_dir / rundir.CONFUSION_FILE.format(split=split))
     return results

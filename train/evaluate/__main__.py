@@ -23,7 +23,8 @@ flags.mark_flags_as_required(["model_dir", "data_dir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from train.evaluate import CONFUSION_FILE, evaluate_model
+    from train.evaluate import evaluate_model
+    from train.rundir import CONFUSION_FILE
 
     try:
         results = evaluate_model(_MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
