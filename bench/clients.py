@@ -12,7 +12,7 @@ Measured side by side in one run:
   * a phone-size photo (4000x3000 JPEG) sent as is and downscaled on the client
     (max_size=1024): bytes sent and latency.
 Without --grpc/--rest, a local server (serving/, needs TensorFlow) runs the tiny test
-model from serving/testing.py: its numbers are the clients' and transport's overhead,
+model from serving/conformance.py: its numbers are the clients' and transport's overhead,
 not EfficientNet's. The client shares the machine's cores with the server here, so
 client-side downscaling shows its bandwidth saving, not the server CPU it saves.
 """
@@ -66,13 +66,13 @@ def _endpoint():
     if _GRPC.value and _REST.value:
         yield _GRPC.value, _REST.value, _MODEL.value or "effnet"
         return
-    from serving import testing  # Only here: the benchmark, not the client, needs a server.
+    from serving import conformance  # Only here: the benchmark, not the client, needs a server.
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = testing.write_conformance_models(tmp)
-        with testing.local_server(model_config_file=str(config),
-                                  allow_version_labels_for_unavailable_models=True) as (_, e):
-            yield e.grpc, e.rest, testing.MODEL_NAME
+        config = conformance.write_conformance_models(tmp)
+        with conformance.local_server(model_config_file=str(config),
+                                      allow_version_labels_for_unavailable_models=True) as (_, e):
+            yield e.grpc, e.rest, conformance.MODEL_NAME
 
 
 def load_runs(grpc_address: str, rest_url: str, model: str, image: bytes, photo: bytes) -> list:

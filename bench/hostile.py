@@ -57,7 +57,7 @@ def attacks() -> dict[str, tuple[str, object]]:
     from tensorflow.core.framework import tensor_pb2, types_pb2
 
     from export.warmup import synthetic_photo
-    from serving import testing
+    from serving import conformance
 
     def strings(values, dims=None):
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=values)
@@ -74,9 +74,9 @@ def attacks() -> dict[str, tuple[str, object]]:
         "a 640x480 photo (reference)": ("serving_default",
                                         lambda: strings([synthetic_photo()])),
         "A: GIF, 144 MP frame on a 10x10 screen (52 KB)": (
-            "serving_default", lambda: strings([testing.gif_bomb()])),
+            "serving_default", lambda: strings([conformance.gif_bomb()])),
         "C: 4000x4000 progressive JPEG, last scan x2000": (
-            "serving_default", lambda: strings([testing.progressive_scan_bomb()])),
+            "serving_default", lambda: strings([conformance.progressive_scan_bomb()])),
         "F: float [1,9600,9600,3] declared, 1 value sent": (
             "predict_images", lambda: floats([1, 9600, 9600, 3], [0.0])),
         "F: string [5000000] declared, 1 value sent": (

@@ -1,4 +1,9 @@
-"""Shared test setup: quiet TensorFlow, CPU only, no network-dependent behaviour.
+"""Shared test setup and fixtures: quiet TensorFlow, CPU only, no network-dependent behaviour.
+
+Fixtures shared by the test modules are here (helpers are in tests/support/, the one home of
+test helpers; see its docstring): `conformance_root`, `conformance_models` (the conformance
+models, written once per session) and `endpoint` (a server on them, one per module: the
+TF Serving named by TFSERVING_ADDRESSES, else the local server on ports it bound itself).
 
 Also what tests need from the machine: `@pytest.mark.requires("curl", ...)` on a test, or
 the `require` fixture inside one (`require("openssl")`), names something from NEEDS. When
@@ -18,6 +23,8 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import support
+from support import in_ci
 
 # Before TensorFlow is imported anywhere: keep logs readable and never touch a GPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,11 +80,6 @@ NEEDS = {
 }
 
 
-def in_ci() -> bool:
-    """CI=true, as the CI runner sets it when it runs .ci/run."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
 def _require(*names: str) -> None:
     missing = []
     for name in names:
@@ -115,3 +117,22 @@ def pytest_configure(config):
 def pytest_runtest_setup(item):
     for marker in item.iter_markers("requires"):
         _require(*marker.args)
+
+
+@pytest.fixture(scope="session")
+def conformance_root(tmp_path_factory) -> pathlib.Path:
+    """Where this session writes the conformance models (serving.conformance), once."""
+    return tmp_path_factory.getbasetemp() / "serving-conformance"
+
+
+@pytest.fixture(scope="session")
+def conformance_models(conformance_root) -> pathlib.Path:
+    """models.config of the conformance models (tiny/1, tiny/2 beside it)."""
+    return support.cached_conformance_models(conformance_root)
+
+
+@pytest.fixture(scope="module")
+def endpoint(conformance_root):
+    """Where the conformance models are served: support.conformance_endpoint, per module."""
+    with support.conformance_endpoint(conformance_root) as (_, found):
+        yield found

@@ -317,10 +317,10 @@ def test_a_file_cannot_change_anything_outside_its_own_load(tmp_path, lite0_stat
     path = _legacy_file(tmp_path / "evil.pth", _state(x=MUTATIONS[mutation]))
     with pytest.raises(ValueError, match="refusing"):
         torch_pickle.read_legacy_state_dict(path)
-    assert [t.name for t in (torch_pickle.RestrictedUnpickler._ALLOWED[("torch", name)]
+    assert [t.name for t in (torch_pickle.RestrictedUnpickler.ALLOWED[("torch", name)]
                              for name in ("FloatStorage", "LongStorage"))] == [
         "FloatStorage", "LongStorage"]
-    assert torch_pickle._rebuild_tensor_v2.__defaults__ == (False, None, None)
+    assert torch_pickle.rebuild_tensor_v2.__defaults__ == (False, None, None)
     # The genuine weights still load, identical to a load before any hostile file.
     again = torch_pickle.read_legacy_state_dict(lite_weights.source_file("lite0"))
     assert list(again) == list(lite0_state)

@@ -29,7 +29,7 @@ from batch import pipeline
 from clients import errors
 from clients.grpc_client import GrpcClient
 from export import signatures
-from serving import testing
+from serving import conformance
 
 MODEL = "scenes"
 LABELS = ["cat", "coffee", "rocket", "astronaut", "camera"]
@@ -73,13 +73,13 @@ def image_dir(tmp_path_factory) -> pathlib.Path:
     for i, name in enumerate(PHOTOS * 6):  # 36 images, JPEG and PNG.
         fmt, suffix = ("PNG", "png") if i % 3 == 0 else ("JPEG", "jpg")
         (folder / f"{i:02d}-{name}.{suffix}").write_bytes(
-            testing.encode_image(photo(name, i), fmt))
+            conformance.encode_image(photo(name, i), fmt))
     return folder
 
 
 @pytest.fixture(scope="module")
 def endpoint(models):
-    with testing.local_server(model_name=MODEL, model_base_path=str(models / MODEL)) as (
+    with conformance.local_server(model_name=MODEL, model_base_path=str(models / MODEL)) as (
             _, endpoint):
         yield endpoint
 
@@ -131,9 +131,9 @@ def test_batch_output_equals_the_grpc_clients_answers(models, image_dir, endpoin
 
 def hostile_images() -> dict[str, bytes]:
     return {
-        "gif-bomb.gif": testing.gif_bomb(),
-        "scan-bomb.jpg": testing.progressive_scan_bomb(side=1024, repeats=300),
-        "truncated.jpg": testing.encode_image(photo("coffee", 1), "JPEG")[:200],
+        "gif-bomb.gif": conformance.gif_bomb(),
+        "scan-bomb.jpg": conformance.progressive_scan_bomb(side=1024, repeats=300),
+        "truncated.jpg": conformance.encode_image(photo("coffee", 1), "JPEG")[:200],
         "notes.jpg": b"these are not pixels",
         "empty.png": b"",
     }
@@ -207,7 +207,7 @@ def test_a_file_that_cannot_be_read_is_a_dead_letter():
         def read(self):
             raise FileNotFoundError("gone.jpg was deleted after it was matched")
 
-    (output,) = pipeline._ReadImage("m", 2).process(Vanished())
+    (output,) = pipeline.ReadImage("m", 2).process(Vanished())
     assert output.tag == pipeline.DEAD_LETTER
     assert output.value == {"path": "gone.jpg", "model": "m", "version": 2, "error": {
         "code": "FileNotFoundError", "message": "gone.jpg was deleted after it was matched"}}

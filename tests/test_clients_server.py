@@ -16,10 +16,11 @@ import subprocess
 import sys
 
 import grpc
-import http_stub
 import numpy as np
 import pytest
+import support
 from PIL import Image
+from support import http_stub
 from tensorflow_serving.apis import predict_pb2
 
 from clients import (
@@ -31,9 +32,9 @@ from clients import (
     errors,
     loadtest,
 )
-from serving import testing
+from serving import conformance
 
-MODEL = testing.MODEL_NAME
+MODEL = conformance.MODEL_NAME
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
@@ -44,16 +45,9 @@ def jpeg(rgb, size=(24, 16)) -> bytes:
     return buffer.getvalue()
 
 
-RED = jpeg(testing.COLOURS["red"])
-GREEN = jpeg(testing.COLOURS["green"])
-BLUE = jpeg(testing.COLOURS["blue"])
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    with testing.conformance_endpoint(root) as (_, endpoint):
-        yield endpoint
+RED = jpeg(conformance.COLOURS["red"])
+GREEN = jpeg(conformance.COLOURS["green"])
+BLUE = jpeg(conformance.COLOURS["blue"])
 
 
 @pytest.fixture(scope="module", params=["grpc", "rest"])
@@ -82,13 +76,13 @@ def test_predict_every_input_kind_in_order(make_client, tmp_path):
     path = tmp_path / "green.jpg"
     path.write_bytes(GREEN)
     pixels = np.zeros((16, 24, 3), np.uint8)
-    pixels[...] = testing.COLOURS["blue"]
-    red_image = Image.new("RGB", (20, 10), testing.COLOURS["red"])
+    pixels[...] = conformance.COLOURS["blue"]
+    red_image = Image.new("RGB", (20, 10), conformance.COLOURS["red"])
     predictions = make_client().predict([RED, path, str(path), red_image, pixels])
     assert [p.label for p in predictions] == ["red", "green", "green", "red", "blue"]
     for p in predictions:
-        assert len(p.labels) == testing.TOP_K and p.scores[0] >= p.scores[1] > 0
-        assert p.class_ids[0] == testing.LABELS.index(p.label)
+        assert len(p.labels) == conformance.TOP_K and p.scores[0] >= p.scores[1] > 0
+        assert p.class_ids[0] == conformance.LABELS.index(p.label)
     assert make_client().predict(BLUE, top_k=1)[0].top() == [("blue", pytest.approx(
         predictions[-1].score, rel=1e-5))]
 
@@ -124,10 +118,10 @@ def test_metadata(make_client):
     default = signatures["serving_default"]
     assert default.inputs["image_bytes"].dtype == "DT_STRING"
     assert default.inputs["image_bytes"].shape == (-1,)
-    assert default.outputs["scores"].shape == (-1, testing.TOP_K)
+    assert default.outputs["scores"].shape == (-1, conformance.TOP_K)
     assert signatures["classify"].method_name == "tensorflow/serving/classify"
-    assert signatures["predict_images"].inputs["images"].shape == (-1, testing.SIZE,
-                                                                   testing.SIZE, 3)
+    assert signatures["predict_images"].inputs["images"].shape == (-1, conformance.SIZE,
+                                                                   conformance.SIZE, 3)
 
 
 def test_typed_errors_carry_the_server_message(make_client):
@@ -149,13 +143,13 @@ def test_typed_errors_carry_the_server_message(make_client):
 
 
 def test_deadline_exceeded(make_client):
-    big = testing.png_of_size(600, 400)
+    big = support.png_of_size(600, 400)
     with pytest.raises(errors.DeadlineExceededError, match="^DEADLINE_EXCEEDED: "):
         make_client(retry=FAST_RETRY).predict([big] * 8, timeout=0.001)
 
 
 def test_unreachable_server_is_unavailable_and_retried(make_client):
-    port = testing.free_port()
+    port = support.free_port()  # Free, so closed: nothing answers there.
     target = (f"127.0.0.1:{port}" if make_client.protocol == "grpc"
               else f"http://127.0.0.1:{port}")
     cls = GrpcClient if make_client.protocol == "grpc" else RestClient
@@ -165,7 +159,7 @@ def test_unreachable_server_is_unavailable_and_retried(make_client):
 
 
 def test_large_photos_and_client_side_downscaling(make_client):
-    big = testing.png_of_size(1400, 1100)
+    big = support.png_of_size(1400, 1100)
     assert len(big) > 4 * 1024 * 1024  # Over gRPC's default limit.
     full = make_client().predict([big])[0]
     small = make_client(max_size=256).predict([big])[0]
@@ -174,7 +168,7 @@ def test_large_photos_and_client_side_downscaling(make_client):
 
 
 def test_message_size_limit_is_not_retried(endpoint):
-    big = testing.png_of_size(1400, 1100)
+    big = support.png_of_size(1400, 1100)
     with GrpcClient(endpoint.grpc, MODEL, max_message_bytes=1024 * 1024,
                     retry=RetryPolicy(max_attempts=5, initial_backoff_s=1)) as client:
         with pytest.raises(errors.InvalidInputError, match="max_message_bytes"):
@@ -342,7 +336,7 @@ def test_rest_retries_503_and_429_sends_headers_and_reports_messages():
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_client_side_downscaling_sends_a_smaller_jpeg(protocol):
     """What goes over the wire, as the server receives it: stand-ins record the bytes."""
-    big = testing.png_of_size(1400, 1100)
+    big = support.png_of_size(1400, 1100)
     if protocol == "grpc":
         handler = FakePredict()
         server, port = _fake_grpc_server(handler)

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from clients import _tensors, errors, images, protos, retry
+from clients import errors, images, protos, retry, tensor_protos
 from clients.grpc_client import GrpcClient
 from clients.protos import regenerate
 from clients.results import Prediction, TensorSpec
@@ -104,7 +104,7 @@ BLUE = tf.io.encode_jpeg(np.full((4, 6, 3), (20, 20, 230), np.uint8)).numpy()
 def test_predict_request_parses_as_the_official_message(selector):
     client = GrpcClient("localhost:1", "effnet", **selector)
     try:
-        wire = client._predict_request([RED, BLUE], None).SerializeToString()
+        wire = client.predict_request([RED, BLUE], None).SerializeToString()
     finally:
         client.close()
     request = predict_pb2.PredictRequest.FromString(wire)
@@ -167,22 +167,23 @@ def test_every_numeric_dtype_decodes(dtype):
     field_proto = tf.make_tensor_proto(values.tolist(), dtype=packed.dtype)
     for proto in (packed, field_proto):
         ours = protos.TensorProto.FromString(proto.SerializeToString())
-        assert _tensors.shape_of(ours) == [3, 4]
-        np.testing.assert_array_equal(np.array(_tensors.flat_values(ours), dtype), values.ravel())
+        assert tensor_protos.shape_of(ours) == [3, 4]
+        np.testing.assert_array_equal(np.array(tensor_protos.flat_values(ours), dtype),
+                                      values.ravel())
 
 
 def test_scalar_fill_follows_tensor_proto_semantics():
     proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
     proto.tensor_shape.dim.add(size=3)
     ours = protos.TensorProto.FromString(proto.SerializeToString())
-    assert _tensors.flat_values(ours) == [2.5, 2.5, 2.5]
+    assert tensor_protos.flat_values(ours) == [2.5, 2.5, 2.5]
     assert np.array_equal(tf.make_ndarray(proto), [2.5, 2.5, 2.5])
 
 
 def test_classification_request_and_response_round_trip():
     client = GrpcClient("localhost:1", "effnet", version=2)
     request = classification_pb2.ClassificationRequest.FromString(
-        client._classify_request([RED, BLUE], None).SerializeToString())
+        client.classify_request([RED, BLUE], None).SerializeToString())
     client.close()
     assert request.model_spec.signature_name == "classify"
     assert request.model_spec.version.value == 2
@@ -207,7 +208,7 @@ def test_classification_request_and_response_round_trip():
 def test_metadata_request_and_response_round_trip():
     client = GrpcClient("localhost:1", "effnet", label="canary")
     request = get_model_metadata_pb2.GetModelMetadataRequest.FromString(
-        client._metadata_request().SerializeToString())
+        client.metadata_request().SerializeToString())
     client.close()
     assert list(request.metadata_field) == ["signature_def"]
     assert request.model_spec.version_label == "canary"
@@ -237,7 +238,7 @@ def test_metadata_request_and_response_round_trip():
 def test_status_request_and_response_round_trip():
     client = GrpcClient("localhost:1", "effnet", version=5)
     request = get_model_status_pb2.GetModelStatusRequest.FromString(
-        client._status_request().SerializeToString())
+        client.status_request().SerializeToString())
     client.close()
     assert request.model_spec.name == "effnet" and request.model_spec.version.value == 5
     response = get_model_status_pb2.GetModelStatusResponse()

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from train import data
+from train import data, rundir
 
 SIZE = 16
 # Class name -> colour; one colour channel per class so labels can be read off the pixels.
@@ -207,12 +207,12 @@ def test_no_usable_images_is_a_value_error(tmp_path):
 
 def test_labels_file_round_trip(tmp_path):
     names = ["AM General Hummer SUV 2000", "Škoda", "日本語 クラス", "trailing space ", "#1"]
-    data.write_labels(names, tmp_path / "labels.txt")
-    assert data.read_labels(tmp_path / "labels.txt") == names
+    rundir.write_labels(names, tmp_path / "labels.txt")
+    assert rundir.read_labels(tmp_path / "labels.txt") == names
     assert (tmp_path / "labels.txt").read_text(encoding="utf-8").count("\n") == len(names)
     for bad in (["a", "two\nlines"], ["", "b"], ["a", "a"], ["x\u2028y"]):
         with pytest.raises(ValueError):
-            data.write_labels(bad, tmp_path / "bad.txt")
+            rundir.write_labels(bad, tmp_path / "bad.txt")
 
 
 def test_augmentation_keeps_shape_and_range_and_varies(tmp_path):

@@ -111,13 +111,13 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return original(root, *args)
 
-    original = fashion_mnist._write_split
-    monkeypatch.setattr(fashion_mnist, "_write_split", failing_write)
+    original = fashion_mnist.write_split
+    monkeypatch.setattr(fashion_mnist, "write_split", failing_write)
     out = tmp_path / "out" / "fashion"
     with pytest.raises(KeyboardInterrupt):
         fashion_mnist.materialise(out, per_class=1, debian_dir=tmp_path)
     assert not out.exists() and not list(out.parent.iterdir())
-    monkeypatch.setattr(fashion_mnist, "_write_split", original)
+    monkeypatch.setattr(fashion_mnist, "write_split", original)
     counts = fashion_mnist.materialise(out, per_class=1, debian_dir=tmp_path)
     assert counts == {"train": 10, "val": 10, "test": 10}
 

@@ -25,60 +25,25 @@ import pytest
 import skimage.data
 import tensorflow as tf
 from PIL import Image
+from support import (
+    RUN_COLOURS,
+    RUN_IMAGE_SIZE,
+    RUN_LABELS,
+    build_quadrant_model,
+    encode,
+    make_run,
+    oversized_png,
+    photo_jpeg,
+    quadrant_image,
+    save_as_tf_module,
+)
 
 from export import exporter, publish, session, signatures, warmup
-from serving import testing as serving_testing
+from serving import conformance
 from train import data as data_lib
-from train import preprocessing
-from train.config import TrainConfig, save_config
+from train import preprocessing, rundir
 
-SIZE = 32
-LABELS = ["red", "green", "blue"]
-COLOURS = {"red": (220, 30, 40), "green": (30, 200, 50), "blue": (20, 40, 210)}
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def quadrant_image(top_left: str, other: str = "blue", size=(64, 48)) -> Image.Image:
-    """other colour everywhere except the top-left quadrant."""
-    image = Image.new("RGB", size, COLOURS[other])
-    image.paste(COLOURS[top_left], (0, 0, size[0] // 2, size[1] // 2))
-    return image
-
-
-def build_quadrant_model() -> keras.Model:
-    inputs = keras.Input((SIZE, SIZE, 3))
-    corner = keras.layers.Cropping2D(((0, SIZE // 2), (0, SIZE // 2)))(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(corner)
-    logits = keras.layers.Dense(3, kernel_initializer="identity",
-                                bias_initializer="zeros")(pooled)
-    # Non-trainable variables (moving statistics) are what an old export lost first.
-    logits = keras.layers.BatchNormalization(moving_variance_initializer="ones")(logits)
-    outputs = keras.layers.Softmax()(keras.layers.Rescaling(0.05)(logits))
-    return keras.Model(inputs, outputs)
-
-
-def make_run(root: pathlib.Path) -> pathlib.Path:
-    """A finished training run directory, as python -m train leaves it."""
-    data_dir, run = root / "data", root / "run"
-    for split in ("train", "test"):
-        for name in LABELS:
-            folder = data_dir / split / name
-            folder.mkdir(parents=True)
-            for i in range(3):
-                (folder / f"{i}.jpg").write_bytes(
-                    encode(quadrant_image(name, other=name), quality=90 - i))
-    run.mkdir()
-    build_quadrant_model().save(run / "model.keras")
-    data_lib.write_labels(LABELS, run / "labels.txt")
-    save_config(TrainConfig(data_dir=str(data_dir), output_dir=str(run), image_size=SIZE),
-                run / "config.json", image_size=SIZE, class_count=3, batch_size=32)
-    (run / "metrics.json").write_text(json.dumps({"evaluation": {"top1": 0.99}}))
-    return run
+SIZE, LABELS, COLOURS = RUN_IMAGE_SIZE, RUN_LABELS, RUN_COLOURS  # Of make_run's model.
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +68,6 @@ def loaded(exported):
 def serve(loaded, blobs: list[bytes]) -> dict[str, np.ndarray]:
     return loaded.run(signatures.SERVING_DEFAULT,
                       {signatures.IMAGE_BYTES_INPUT: np.array(blobs, dtype=object)})
-
-
-def photo_jpeg(name: str = "chelsea", **kwargs) -> bytes:
-    return encode(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), **kwargs)
 
 
 # --- Round trip and labels -------------------------------------------------------------
@@ -212,13 +173,6 @@ def test_an_empty_batch_returns_empty_outputs(loaded):
 # --- Rejected inputs --------------------------------------------------------------------
 
 
-def oversized_png() -> bytes:
-    """A tiny PNG whose IHDR claims 60000 x 60000 (a decompression-bomb header)."""
-    data = bytearray(encode(Image.new("RGB", (8, 8)), "PNG"))
-    data[16:24] = (60000).to_bytes(4, "big") * 2
-    return bytes(data)
-
-
 @pytest.mark.parametrize("bad, problem", [
     (b"", "empty"),
     (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a JPEG"),
@@ -226,7 +180,7 @@ def oversized_png() -> bytes:
     (oversized_png(), "exceeds"),
     # 64x64, its last scan repeated: cheap to decode here, refused by the serving graph's
     # scan limit (the cost that limit bounds grows with the image's size).
-    (serving_testing.progressive_scan_bomb(64, 100),
+    (conformance.progressive_scan_bomb(64, 100),
      "JPEG with 1[0-9][0-9] scans exceeds the limit of 64"),
 ])
 def test_bad_images_are_rejected_with_their_index_and_the_process_keeps_working(
@@ -315,16 +269,6 @@ def test_saved_model_cli_shows_the_signatures(exported):
         assert name in shown
 
 
-def save_as_tf_module(module: signatures.ServingModule, path: pathlib.Path) -> None:
-    """How this project exported before: the Keras model tracked inside a tf.Module and
-    written by tf.saved_model.save. tf.saved_model.load runs the result; TF Serving cannot."""
-    holder = tf.Module()
-    holder.model, holder.label_table = module.model, module.label_table
-    tf.saved_model.save(holder, str(path), signatures={
-        name: function.get_concrete_function()
-        for name, function in module.signatures().items()})
-
-
 def test_a_keras_model_inside_a_tf_module_fails_in_tf_servings_loader(tmp_path):
     module = signatures.ServingModule(build_quadrant_model(), labels=LABELS, image_size=SIZE)
     save_as_tf_module(module, tmp_path / "old")
@@ -395,7 +339,7 @@ def test_labels_are_read_from_the_asset_wherever_the_version_is_moved(exported, 
 
 def test_labels_asset_and_export_config(exported, run_dir):
     path = exported.path
-    assert data_lib.read_labels(path / "assets" / "labels.txt") == LABELS
+    assert rundir.read_labels(path / "assets" / "labels.txt") == LABELS
     meta = json.loads((path / "export_config.json").read_text())
     assert meta["tensorflow_version"] == tf.__version__
     assert meta["image_size"] == SIZE and meta["num_classes"] == 3

@@ -15,8 +15,9 @@ import subprocess
 import sys
 
 import pytest
+import support
 
-from serving import testing, tf_noise
+from serving import tf_noise
 from train import progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -155,7 +156,9 @@ def test_demo_steps_raise_no_false_alarms(tmp_path):
          f"DEMO_DIR={demo}", "DEMO_PER_CLASS=4", f"DEMO_IMAGE_SIZE={size}",
          "DEMO_TRAIN_FLAGS=--noaugment --phase1_epochs=1 --phase2_epochs=1 "
          "--phase2_warmup_epochs=0 --batch_size=16",
-         f"DEMO_GRPC_PORT={testing.free_port()}", f"DEMO_REST_PORT={testing.free_port()}"],
+         # The demo's client steps are given the ports as make variables, before the server
+         # starts: chosen free here, as a user picks them.
+         f"DEMO_GRPC_PORT={support.free_port()}", f"DEMO_REST_PORT={support.free_port()}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=900)
     output = done.stdout

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+import support
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -28,26 +29,25 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import errors, rest, server, tensors, testing
+from serving import conformance, errors, rest, server, tensors
 
-pytestmark = pytest.mark.skipif(testing.external_endpoint() is not None,
+pytestmark = pytest.mark.skipif(support.external_endpoint() is not None,
                                 reason="measures the local server's memory and metrics")
 
-MODEL = testing.MODEL_NAME
+MODEL = conformance.MODEL_NAME
 METRICS_PATH = "/monitoring/prometheus/metrics"
-RED = testing.encode_png(testing.COLOURS["red"])
+RED = conformance.encode_png(conformance.COLOURS["red"])
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, conformance_models):
     """(server, endpoint) on the conformance models, with the Prometheus page on."""
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
     monitoring = tmp_path_factory.mktemp("hostile") / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
-    with testing.local_server(model_config_file=str(testing.cached_conformance_models(root)),
-                              allow_version_labels_for_unavailable_models=True,
-                              monitoring_config_file=str(monitoring)) as (srv, endpoint):
+    with conformance.local_server(model_config_file=str(conformance_models),
+                                  allow_version_labels_for_unavailable_models=True,
+                                  monitoring_config_file=str(monitoring)) as (srv, endpoint):
         yield srv, endpoint
 
 
@@ -167,7 +167,7 @@ def test_huge_model_names_over_grpc_are_neither_counted_nor_echoed(endpoint, pre
     # 21 MB (+107 MiB RSS). TF Serving does not count GetModelMetadata at all
     # (prediction_service_impl.cc:64-73); Predict it counts, here under "".
     before = metrics_page(endpoint)
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         for i in range(400):
             name = f"{i:06d}" + "n" * (256 * 1024)
             request = get_model_metadata_pb2.GetModelMetadataRequest(
@@ -201,7 +201,7 @@ def test_gzip_bombs_are_refused_without_inflating(endpoint, predictions):
         return requests.post(f"{endpoint.rest}/v1/models/{MODEL}:predict", data=bomb,
                              headers={"Content-Encoding": "gzip"}, timeout=60)
 
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(post, range(8)))
     for response in responses:
@@ -215,7 +215,7 @@ def test_gzip_bombs_are_refused_without_inflating(endpoint, predictions):
 
 def test_gzip_footer_that_lies_stops_inflation_at_the_declared_size(endpoint, predictions):
     for declared in (1000, rest.MAX_UNCOMPRESSED_BYTES):
-        with testing.peak_rss_growth() as growth:
+        with support.peak_rss_growth() as growth:
             response = requests.post(
                 f"{endpoint.rest}/v1/models/{MODEL}:predict",
                 data=gzip_stream(1 << 30, declared=declared),
@@ -232,7 +232,7 @@ def test_encodings_other_than_gzip_are_not_decoded(endpoint, predictions, encodi
     # E: deflate was inflated (unbounded) too. TF Serving inflates gzip only
     # (evhttp_request.cc:261-266): other bytes reach the JSON parser as they are.
     bomb = b"\x78\xda" + deflate_zeros(1 << 30) + bytes(4)  # zlib-wrapped, as HTTP deflate
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         response = requests.post(f"{endpoint.rest}/v1/models/{MODEL}:predict", data=bomb,
                                  headers={"Content-Encoding": encoding}, timeout=60)
     assert error_of(response, 400).startswith("JSON Parse error: ")
@@ -246,14 +246,14 @@ def test_encodings_other_than_gzip_are_not_decoded(endpoint, predictions, encodi
 
 def test_batch_of_2000_images_is_refused_before_it_runs(endpoint, predictions):
     # F: a batch of 2,000 tiny JPEGs left +3.7 GB behind. Refused at the request limit.
-    jpeg = testing.encode_jpeg(testing.COLOURS["green"])
+    jpeg = conformance.encode_jpeg(conformance.COLOURS["green"])
     message = ("Input image_bytes: batch size 2000 is larger than the maximum request batch "
                f"size {tensors.DEFAULT_MAX_REQUEST_BATCH_SIZE} (--max_request_batch_size, a "
                "local-server limit)")
     request = predict_pb2.PredictRequest(model_spec=spec())
     request.inputs["image_bytes"].CopyFrom(
         tensor(types_pb2.DT_STRING, [2000], string_val=[jpeg] * 2000))
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         assert grpc_error(predictions.Predict, request,
                           grpc.StatusCode.INVALID_ARGUMENT) == message
         response = requests.post(
@@ -274,7 +274,7 @@ def test_tensors_declaring_huge_shapes_are_refused_before_allocation(endpoint, p
     floats = predict_pb2.PredictRequest(model_spec=spec("predict_images"))
     floats.inputs["images"].CopyFrom(
         tensor(types_pb2.DT_FLOAT, [1, 9600, 9600, 3], float_val=[0.5]))
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         assert grpc_error(predictions.Predict, strings, grpc.StatusCode.INVALID_ARGUMENT) \
             .startswith("Input image_bytes: batch size 5000000 is larger than the maximum "
                         "request batch size 1024")
@@ -305,12 +305,11 @@ def test_fewer_values_than_the_shape_follow_tensor_from_proto(predictions):
         "tensor parsing error: x (tensor_content has 20 bytes, float [3,2] needs 24)")
 
 
-def test_request_limits_are_options(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    with testing.local_server(model_config_file=str(testing.cached_conformance_models(root)),
-                              allow_version_labels_for_unavailable_models=True,
-                              max_request_batch_size=2, max_request_tensor_bytes=1000,
-                              enable_model_warmup=False) as (_, endpoint):
+def test_request_limits_are_options(conformance_models):
+    with conformance.local_server(model_config_file=str(conformance_models),
+                                  allow_version_labels_for_unavailable_models=True,
+                                  max_request_batch_size=2, max_request_tensor_bytes=1000,
+                                  enable_model_warmup=False) as (_, endpoint):
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest(model_spec=spec("predict_images"))
@@ -408,7 +407,7 @@ def test_errors_echo_a_bounded_part_of_the_request(endpoint, predictions):
 
 @pytest.fixture(scope="module")
 def exported_model(tmp_path_factory):
-    from test_export import encode, make_run, quadrant_image
+    from support import encode, make_run, quadrant_image
 
     from export import exporter
 
@@ -423,8 +422,8 @@ def exported_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_server(exported_model):
     base, _ = exported_model
-    with testing.local_server(model_name="colours", model_base_path=str(base),
-                              rest_api_timeout_in_ms=1000) as (_, endpoint):
+    with conformance.local_server(model_name="colours", model_base_path=str(base),
+                                  rest_api_timeout_in_ms=1000) as (_, endpoint):
         yield endpoint
 
 
@@ -451,9 +450,9 @@ def _assert_good_request_succeeds(endpoint, good: bytes) -> None:
 
 
 @pytest.mark.parametrize("case, make, message", [
-    ("A: GIF frame of 144 MP on a 10x10 screen", testing.gif_bomb,
+    ("A: GIF frame of 144 MP on a 10x10 screen", conformance.gif_bomb,
      "image 0: 12000x12000 pixels (144.0 MP) exceeds the limit of 50.0 MP"),
-    ("C: progressive JPEG repeating a scan 2,000 times", testing.progressive_scan_bomb,
+    ("C: progressive JPEG repeating a scan 2,000 times", conformance.progressive_scan_bomb,
      "image 0: JPEG with 2010 scans exceeds the limit of 64 (a progressive JPEG has about 10)"),
 ])
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
@@ -461,7 +460,7 @@ def test_images_that_would_exhaust_the_decoder_are_refused_by_the_graph(
         export_server, exported_model, transport, case, make, message):
     bomb = make()
     started = time.process_time()
-    with testing.peak_rss_growth() as growth:
+    with support.peak_rss_growth() as growth:
         if transport == "rest":
             message_seen = error_of(_rest_predict(export_server, [bomb]), 400)
         else:
@@ -485,8 +484,8 @@ def test_a_request_past_its_deadline_stops_using_the_cpu(export_server, exported
 
     # A smooth 1500 x 1500 PNG: a few KB to send, ~10 ms to decode in full.
     gradient = np.add.outer(np.arange(1500), np.arange(1500)) % 256
-    image = testing.encode_image(Image.fromarray(gradient.astype(np.uint8)).convert("RGB"),
-                                 "PNG")
+    image = conformance.encode_image(Image.fromarray(gradient.astype(np.uint8)).convert("RGB"),
+                                     "PNG")
     images = [image] * 600  # Several CPU-seconds of decoding.
     if transport == "rest":
         response = _rest_predict(export_server, images)

@@ -26,7 +26,7 @@ import textwrap
 
 import pytest
 import yaml
-from k8s_support import (
+from support.k8s import (
     ALL_BUILDS,
     CPU_BUILDS,
     GPU_BUILDS,

@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 import yaml
-from k8s_support import (
+from support.k8s import (
     ALL_BUILDS,
     K8S,
     STANDALONE_MANIFESTS,

@@ -30,7 +30,8 @@ import urllib.request
 
 import pytest
 import yaml
-from k8s_support import (
+from support import free_port
+from support.k8s import (
     K8S,
     MODEL_NAME,
     SERVING_BUILDS,
@@ -287,10 +288,8 @@ def get_json(url: str, timeout: float = 5) -> dict:
 
 @contextlib.contextmanager
 def prometheus_server(directory, config: dict):
-    from serving.testing import free_port
-
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = free_port()  # Prometheus logs no bound port at --log.level=warn: chosen up front.
     log = open(directory / "prometheus.log", "w")
     process = subprocess.Popen(
         [prometheus(), f"--config.file={directory / 'prometheus.yml'}",
@@ -339,17 +338,16 @@ def wait_for(url: str, promql: str, expected: float, *, timeout: float = 60) -> 
 
 @needs_kubectl
 def test_prometheus_scrapes_tf_serving_metrics_from_the_local_server(tmp_path,
-                                                                     tmp_path_factory):
+                                                                     conformance_models):
     from clients import GrpcClient, RestClient, errors
-    from serving import testing
+    from serving import conformance
 
     (monitor,) = objects("monitoring", "ServiceMonitor")
     (endpoint,) = monitor["spec"]["endpoints"]
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    red = testing.encode_png(testing.COLOURS["red"])
+    red = conformance.encode_png(conformance.COLOURS["red"])
     grpc_calls, rest_calls, bad_calls = 7, 4, 3
-    with testing.local_server(
-            model_config_file=str(testing.cached_conformance_models(root)),
+    with conformance.local_server(
+            model_config_file=str(conformance_models),
             allow_version_labels_for_unavailable_models=True,
             monitoring_config_file=str(SERVING_CONFIG / "monitoring.config")) as (_, server):
         host_port = server.rest.removeprefix("http://")
@@ -365,8 +363,8 @@ def test_prometheus_scrapes_tf_serving_metrics_from_the_local_server(tmp_path,
                     "namespace": monitor["metadata"]["namespace"], "pod": "effnet-local"}}],
             }],
         }
-        with GrpcClient(server.grpc, testing.MODEL_NAME) as g, \
-                RestClient(server.rest, testing.MODEL_NAME) as r:
+        with GrpcClient(server.grpc, conformance.MODEL_NAME) as g, \
+                RestClient(server.rest, conformance.MODEL_NAME) as r:
             for _ in range(grpc_calls):
                 assert g.predict(red)[0].label == "red"
             for _ in range(rest_calls):
@@ -375,7 +373,7 @@ def test_prometheus_scrapes_tf_serving_metrics_from_the_local_server(tmp_path,
                 with pytest.raises(errors.InvalidInputError):
                     g.predict(b"not an image")
         with prometheus_server(tmp_path, config) as url:
-            selector = f'namespace="effnet", job="effnet", model_name="{testing.MODEL_NAME}"'
+            selector = f'namespace="effnet", job="effnet", model_name="{conformance.MODEL_NAME}"'
             # Successful calls by API: gRPC "Predict", REST "predict".
             grpc_ok = wait_for(url, f'sum(:tensorflow:serving:request_latency_count'
                                     f'{{{selector}, API="Predict"}})', grpc_calls)

@@ -38,10 +38,11 @@ import threading
 import time
 
 import pytest
-from k8s_support import REPO
+import support
+from support.k8s import REPO
 
 from clients import GrpcClient, RestClient, errors
-from serving import testing
+from serving import conformance
 
 # max_connection_age and its grace, scaled down from the Deployment's 30 s + 30 s.
 MAX_CONNECTION_AGE_MS = 1000
@@ -49,7 +50,7 @@ MAX_CONNECTION_AGE_GRACE_MS = 2000
 # The preStop sleep, scaled the same way (the Deployment's drain inequality, with margin).
 PRE_STOP_S = 30
 CALLS_PER_PHASE = 20
-RED = testing.encode_png(testing.COLOURS["red"])
+RED = conformance.encode_png(conformance.COLOURS["red"])
 
 
 class LoopbackService:
@@ -145,7 +146,8 @@ class Server:
 
     def __init__(self, name: str, models_config, log_dir):
         self.name = name
-        self.grpc_port, self.rest_port = testing.free_port(), testing.free_port()
+        # python -m serving has TF Serving's flags, where 0 means no server: ports up front.
+        self.grpc_port, self.rest_port = support.free_port(), support.free_port()
         self.log = log_dir / f"server-{name}.log"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         with open(self.log, "w") as log:
@@ -162,7 +164,7 @@ class Server:
     def wait_available(self, timeout: float = 180) -> None:
         """Readiness: a version AVAILABLE (what healthcheck.sh asks)."""
         deadline = time.monotonic() + timeout
-        with RestClient(f"http://127.0.0.1:{self.rest_port}", testing.MODEL_NAME,
+        with RestClient(f"http://127.0.0.1:{self.rest_port}", conformance.MODEL_NAME,
                         timeout=2) as client:
             while True:
                 assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -186,10 +188,10 @@ class Load:
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        makers = {"grpc": lambda: GrpcClient(f"127.0.0.1:{grpc_port}", testing.MODEL_NAME,
+        makers = {"grpc": lambda: GrpcClient(f"127.0.0.1:{grpc_port}", conformance.MODEL_NAME,
                                              timeout=20),
                   "rest": lambda: RestClient(f"http://127.0.0.1:{rest_port}",
-                                             testing.MODEL_NAME, timeout=20)}
+                                             conformance.MODEL_NAME, timeout=20)}
         self._threads = [threading.Thread(target=self._run, args=(protocol, make), daemon=True)
                          for protocol, make in makers.items()
                          for _ in range(threads_per_protocol)]
@@ -251,9 +253,8 @@ def terminate_pod(server: Server, services: dict[str, LoopbackService], sig: int
 
 
 @pytest.mark.timeout(600)
-def test_rolling_update_under_load_loses_no_request(tmp_path, tmp_path_factory):
-    models = testing.cached_conformance_models(
-        tmp_path_factory.getbasetemp() / "serving-conformance")
+def test_rolling_update_under_load_loses_no_request(tmp_path, conformance_models):
+    models = conformance_models
     services = {"grpc": LoopbackService("grpc"), "rest": LoopbackService("rest")}
     servers: list[Server] = []
     load = None

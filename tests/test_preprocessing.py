@@ -13,17 +13,12 @@ import pytest
 import skimage.data
 import tensorflow as tf
 from PIL import Image, ImageOps
+from support import encode
 
 from train import preprocessing
 
 SIZE = 24
 RED = (220, 30, 40)
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def decode(data: bytes, size: int = SIZE) -> np.ndarray:
@@ -110,7 +105,7 @@ def test_palette_bmp_colours_are_looked_up_not_read_as_grey():
     expected = np.asarray(image.convert("RGB"), np.float32)
     decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
     np.testing.assert_array_equal(
-        preprocessing._apply_bmp_palette(tf.constant(data), decoded).numpy(), expected)
+        preprocessing.apply_bmp_palette(tf.constant(data), decoded).numpy(), expected)
 
 
 def pil_reference(data: bytes, size: int, dct_ratio: int = 1) -> np.ndarray:
@@ -384,8 +379,8 @@ def test_dct_ratio_is_the_largest_that_still_covers_the_output(height, width, im
     header = preprocessing.ImageHeader(
         format=tf.constant(JPEG), height=tf.constant(height, tf.int64),
         width=tf.constant(width, tf.int64), orientation=tf.constant(1), problem=tf.constant(""))
-    index = int(preprocessing._dct_ratio_index(header, image_size))
-    assert preprocessing._DCT_RATIOS[index] == ratio
+    index = int(preprocessing.dct_ratio_index(header, image_size))
+    assert preprocessing.DCT_RATIOS[index] == ratio
 
 
 def big_photo() -> bytes:
@@ -402,7 +397,7 @@ def big_photo() -> bytes:
 def test_dct_scaled_decode_of_a_big_photo_stays_close_to_the_full_decode(make, ratio):
     data = tf.constant(make())
     header = preprocessing.read_image_header(data)
-    assert preprocessing._DCT_RATIOS[int(preprocessing._dct_ratio_index(header, 224))] == ratio
+    assert preprocessing.DCT_RATIOS[int(preprocessing.dct_ratio_index(header, 224))] == ratio
     scaled = preprocessing.decode_and_resize(data, 224).numpy()
     full = preprocessing.decode_and_resize(data, 224, jpeg_dct_scaling=False).numpy()
     difference = np.abs(scaled - full)

@@ -22,17 +22,12 @@ import pytest
 import skimage.data
 import tensorflow as tf
 from PIL import Image
+from support import encode
 
 from train import preprocessing
 
 SIZE = 16
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def decode(data: bytes, **kwargs) -> np.ndarray:
@@ -318,12 +313,13 @@ def test_max_pixels_none_also_works_in_a_graph():
 PEAK_RSS_SCRIPT = """
 import json, sys
 import tensorflow as tf
-from serving import testing
+sys.path.insert(0, "tests")  # Run from the repository: tests/support.
+from support import peak_rss_growth
 from train import preprocessing
 
 def peak_growth_mb(call):
     outcome = "decoded"
-    with testing.peak_rss_growth() as growth:
+    with peak_rss_growth() as growth:
         try:
             call()
         except tf.errors.InvalidArgumentError as error:

@@ -239,7 +239,7 @@ def test_a_lease_timeout_must_exceed_the_heartbeat(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from test_export import make_run
+    from support import make_run
 
     return make_run(tmp_path_factory.mktemp("publish"))
 

@@ -39,20 +39,21 @@ import grpc
 import numpy as np
 import pytest
 import requests
+import support
 import tensorflow as tf
+from support import statuses, wait_for
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
-from test_serving_lifecycle import statuses, wait_for
 
 from clients import GrpcClient, RestClient, errors, loadtest
 from clients.retry import NO_RETRY
-from serving import testing
+from serving import conformance
 
-pytestmark = pytest.mark.skipif(testing.external_endpoint() is not None,
+pytestmark = pytest.mark.skipif(support.external_endpoint() is not None,
                                 reason="exports models and runs servers: local server only")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "colours"
-LABELS = ("red", "green", "blue")  # The labels of test_export.make_run's quadrant model.
+LABELS = tuple(support.RUN_LABELS)  # The labels of support.make_run's quadrant model.
 BODY_LIMIT = 1_000_000  # REST body limit of the corpus server (bytes).
 CONCURRENCY = 16
 RSS_GROWTH_LIMIT_MB = 50  # Over SOAK_REQUESTS after the warm-up (measured: +5 MB).
@@ -75,7 +76,7 @@ class Exported:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Exported:
     """Version 1 of a model written by export.exporter from a finished training run."""
-    from test_export import encode, make_run, oversized_png, photo_jpeg, quadrant_image
+    from support import encode, make_run, oversized_png, photo_jpeg, quadrant_image
 
     from export import exporter
 
@@ -130,7 +131,8 @@ class ServerProcess:
 def server_process(base: pathlib.Path, log: pathlib.Path, *flags: str):
     """`python -m serving` on base, on free loopback ports; killed if the test did not
     stop it."""
-    grpc_port, rest_port = testing.free_port(), testing.free_port()
+    # python -m serving has TF Serving's flags, where port 0 means no server: ports up front.
+    grpc_port, rest_port = support.free_port(), support.free_port()
     with open(log, "w") as log_file:  # A file, not a pipe: a full pipe would block it.
         process = subprocess.Popen(
             [sys.executable, "-m", "serving", f"--port={grpc_port}",
@@ -158,8 +160,8 @@ def b64(data: bytes) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus_server(exported):
-    with testing.local_server(model_name=MODEL, model_base_path=str(exported.base),
-                              max_body_bytes=BODY_LIMIT) as (_, endpoint):
+    with conformance.local_server(model_name=MODEL, model_base_path=str(exported.base),
+                                  max_body_bytes=BODY_LIMIT) as (_, endpoint):
         yield endpoint
 
 
@@ -178,7 +180,7 @@ class Transport:
     """One connection (gRPC channel / HTTP session) and a typed client on it; requests the
     client refuses to build (wrong dtype, malformed body...) go raw on the same connection."""
 
-    def __init__(self, kind: str, endpoint: testing.Endpoint):
+    def __init__(self, kind: str, endpoint: conformance.Endpoint):
         self.kind = kind
         self.endpoint = endpoint
         if kind == "grpc":

@@ -17,12 +17,12 @@ import pathlib
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 
-import http_stub
 import pytest
+import support
 from google.protobuf import text_format
+from support import http_stub
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as serving_config
@@ -564,8 +564,6 @@ def test_healthcheck_asks_for_the_named_model():
 
 @pytest.mark.requires("bash")
 def test_healthcheck_fails_when_nothing_listens():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # Closed on exit: nothing listens there.
+    port = support.free_port()  # Free, so closed: nothing listens there.
     result = _run_healthcheck(port)
     assert result.returncode != 0

@@ -9,10 +9,11 @@ import time
 import grpc
 import numpy as np
 import pytest
+import support
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from serving import testing
+from serving import conformance
 from serving.batching import Batcher
 from serving.config import BatchingOptions
 from serving.errors import ServingError
@@ -125,9 +126,9 @@ def test_incompatible_shapes_go_to_separate_batches():
 
 
 def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
-    if testing.external_endpoint() is not None:
+    if support.external_endpoint() is not None:
         pytest.skip("needs a server started with a known batching configuration")
-    config = testing.cached_conformance_models(
+    config = support.cached_conformance_models(
         tmp_path_factory.getbasetemp() / "serving-conformance")
     params = tmp_path / "batching.txt"
     # The batch closes when it is full (8 requests of one row), never on the clock: were
@@ -135,17 +136,17 @@ def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
     params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 60000000 } "
                       "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 } "
                       "allowed_batch_sizes: 4 allowed_batch_sizes: 8")
-    with testing.local_server(model_config_file=str(config), enable_batching=True,
-                              batching_parameters_file=str(params),
-                              allow_version_labels_for_unavailable_models=True,
-                              enable_model_warmup=False,
-                              grpc_max_threads=16) as (server, endpoint):  # 8 wait at once.
+    with conformance.local_server(model_config_file=str(config), enable_batching=True,
+                                  batching_parameters_file=str(params),
+                                  allow_version_labels_for_unavailable_models=True,
+                                  enable_model_warmup=False,
+                                  grpc_max_threads=16) as (server, endpoint):  # 8 wait at once.
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
         def call(i):
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
-                name=testing.MODEL_NAME, signature_name="multi"))
+                name=conformance.MODEL_NAME, signature_name="multi"))
             request.model_spec.version.value = 1
             request.inputs["x"].CopyFrom(tf.make_tensor_proto([[i, i]], dtype=tf.float32))
             request.inputs["n"].CopyFrom(tf.make_tensor_proto([i], dtype=tf.int64))
@@ -166,9 +167,9 @@ def test_server_merges_concurrent_requests(tmp_path_factory, tmp_path):
         assert server.metrics.padding_size.count("8") == 1
 
         too_big = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
-            name=testing.MODEL_NAME, signature_name="predict_images"))
+            name=conformance.MODEL_NAME, signature_name="predict_images"))
         too_big.inputs["images"].CopyFrom(tf.make_tensor_proto(
-            np.zeros((9, testing.SIZE, testing.SIZE, 3), np.float32)))
+            np.zeros((9, conformance.SIZE, conformance.SIZE, 3), np.float32)))
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(too_big, timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -227,36 +228,36 @@ def test_batches_run_with_their_latest_deadline_and_expired_tasks_are_left_out()
 
 
 def test_deadline_while_queued_is_deadline_exceeded():
-    from serving.core import _remaining, request_deadline
+    from serving.deadlines import remaining, request_deadline
 
     with request_deadline(0.05):
         time.sleep(0.06)
         with pytest.raises(ServingError) as info:
-            _remaining()
+            remaining()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     with request_deadline(None):
-        assert _remaining() is None
+        assert remaining() is None
 
 
 def test_per_model_batching_parameters(tmp_path_factory, tmp_path):
-    if testing.external_endpoint() is not None:
+    if support.external_endpoint() is not None:
         pytest.skip("needs a server started with a known batching configuration")
     import shutil
 
     versions = tmp_path_factory.getbasetemp() / "serving-conformance"
-    testing.cached_conformance_models(versions)
+    support.cached_conformance_models(versions)
     base = tmp_path / "tiny"
-    shutil.copytree(versions / testing.MODEL_NAME / "1", base / "1")
+    shutil.copytree(versions / conformance.MODEL_NAME / "1", base / "1")
     (base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }")
-    with testing.local_server(model_name="tiny", model_base_path=str(base),
-                              enable_batching=True, enable_per_model_batching_parameters=True,
-                              ) as (_, endpoint):
+    with conformance.local_server(model_name="tiny", model_base_path=str(base),
+                                  enable_batching=True, enable_per_model_batching_parameters=True,
+                                  ) as (_, endpoint):
         with grpc.insecure_channel(endpoint.grpc) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
                 name="tiny", signature_name="predict_images"))
             request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-                np.zeros((3, testing.SIZE, testing.SIZE, 3), np.float32)))
+                np.zeros((3, conformance.SIZE, conformance.SIZE, 3), np.float32)))
             with pytest.raises(grpc.RpcError) as info:
                 stub.Predict(request, timeout=30)
     assert "Task size 3 is larger than maximum input batch size 2" in info.value.details()

@@ -7,7 +7,7 @@ codec (util/json_tensor.cc and json_tensor_test.cc), the gRPC implementations
 (servables/tensorflow/predict_impl.cc, classification_service.cc, regression_service.cc,
 regressor.cc, model_servers/server_core.cc) and TensorFlow's saved_model::GetInputValues.
 Like tests/test_serving_rest.py, it runs against the local server, or against a real TF
-Serving serving `python -m serving.testing --out=DIR` when TFSERVING_ADDRESSES is set.
+Serving serving `python -m serving.conformance --out=DIR` when TFSERVING_ADDRESSES is set.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import grpc
 import pytest
 import requests
+import support
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -30,18 +31,11 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import testing
+from serving import conformance
 
-MODEL = testing.MODEL_NAME
-RED = testing.encode_png(testing.COLOURS["red"])
+MODEL = conformance.MODEL_NAME
+RED = conformance.encode_png(conformance.COLOURS["red"])
 MULTI_ROW = {"x": [1.0, 1.0], "n": 0, "text": ""}
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    with testing.conformance_endpoint(root) as (_, found):
-        yield found
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +180,7 @@ def test_named_tensor_errors(endpoint):
 def test_base64_with_line_breaks_is_decoded(endpoint):
     """absl::Base64Unescape skips whitespace (json_tensor.cc:383 calls it), so the output of
     Python's base64.encodebytes, broken every 76 characters, is accepted."""
-    image = testing.png_of_size(40, 40)
+    image = support.png_of_size(40, 40)
     wrapped = base64.encodebytes(image).decode()
     assert "\n" in wrapped
     response = call(endpoint, "POST", f"/v1/models/{MODEL}:predict",
@@ -204,7 +198,7 @@ def test_classify_and_regress_answer_results(endpoint):
                     {"signature_name": "classify", "examples": [example]})
     assert response.status_code == 200, response.text
     (row,) = response.json()["results"]
-    assert row[0][0] == "red" and len(row) == testing.TOP_K
+    assert row[0][0] == "red" and len(row) == conformance.TOP_K
     # Regress on the classify signature: PreProcessRegression (regressor.cc:179-184).
     assert error_of(call(endpoint, "POST", f"/v1/models/{MODEL}:regress",
                          {"signature_name": "classify", "examples": [example]}), 400) == (

@@ -5,7 +5,7 @@ with the serving signatures and warmup records; the server must load it, replay 
 warmup, and answer Predict/Classify over both transports with the exporter's own errors.
 
 By default the server is the local one. Against a real TF Serving (TFSERVING_ADDRESSES, see
-serving/testing.py), the test cannot hand the server a model, so the server must already
+tests/support/), the test cannot hand the server a model, so the server must already
 serve one named "effnet" from a directory this test can write, named by
 TFSERVING_EFFNET_BASE (the same path for both, e.g. a bind mount). Add to its model config:
 
@@ -29,13 +29,14 @@ import time
 import grpc
 import pytest
 import requests
+import support
 from tensorflow_serving.apis import (
     classification_pb2,
     model_pb2,
     prediction_service_pb2_grpc,
 )
 
-from serving import testing
+from serving import conformance
 
 MODEL = "effnet"
 BASE_ENV = "TFSERVING_EFFNET_BASE"
@@ -43,18 +44,18 @@ BASE_ENV = "TFSERVING_EFFNET_BASE"
 
 def external_base() -> pathlib.Path | None:
     """The directory a real TF Serving serves MODEL from (None for the local server)."""
-    if testing.external_endpoint() is None:
+    if support.external_endpoint() is None:
         return None
     value = os.environ.get(BASE_ENV, "").strip()
     if not value:
-        pytest.skip(f"{testing.ADDRESSES_ENV} names a real TF Serving: set {BASE_ENV} to a "
+        pytest.skip(f"{support.ADDRESSES_ENV} names a real TF Serving: set {BASE_ENV} to a "
                     f"directory it serves as model {MODEL!r} (see this module's docstring)")
     return pathlib.Path(value)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from test_export import encode, make_run, quadrant_image
+    from support import encode, make_run, quadrant_image
 
     from export import exporter
 
@@ -78,7 +79,7 @@ def _version_state(rest: str, version: int) -> str | None:
 def served(exported):
     """(local server or None, endpoint, images, the exported version)."""
     base, version, images = exported
-    external = testing.external_endpoint()
+    external = support.external_endpoint()
     if external is not None:
         deadline = time.monotonic() + 300  # Generous: polling, loading and warmup.
         while _version_state(external.rest, version) != "AVAILABLE":
@@ -88,7 +89,7 @@ def served(exported):
             time.sleep(1)
         yield None, external, images, version
         return
-    with testing.local_server(model_name=MODEL, model_base_path=str(base)) as (server,
+    with conformance.local_server(model_name=MODEL, model_base_path=str(base)) as (server,
                                                                                 endpoint):
         yield server, endpoint, images, version
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+import support
 import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -20,19 +21,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import testing
+from serving import conformance
 
-MODEL = testing.MODEL_NAME
-RED = testing.encode_png(testing.COLOURS["red"])
-BLUE = testing.encode_jpeg(testing.COLOURS["blue"])
+MODEL = conformance.MODEL_NAME
+RED = conformance.encode_png(conformance.COLOURS["red"])
+BLUE = conformance.encode_jpeg(conformance.COLOURS["blue"])
 BIG = 64 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    with testing.conformance_endpoint(root) as (_, endpoint):
-        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def test_predict(predictions):
     response = predictions.Predict(image_request([RED, BLUE]), timeout=30)
     assert set(response.outputs) == {"classes", "class_ids", "scores", "probabilities"}
     classes = tf.make_ndarray(response.outputs["classes"])
-    assert classes.shape == (2, testing.TOP_K)
+    assert classes.shape == (2, conformance.TOP_K)
     assert [c.decode() for c in classes[:, 0]] == ["red", "blue"]
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.dtype == np.float32 and probabilities.shape == (2, 3)
@@ -157,7 +151,7 @@ def test_bad_image_bytes(predictions):
 
 
 def test_messages_over_4mb_are_accepted(predictions):
-    big = testing.png_of_size(1400, 1100)
+    big = support.png_of_size(1400, 1100)
     assert len(big) > 4 * 1024 * 1024
     response = predictions.Predict(image_request([big]), timeout=60)
     assert tf.make_ndarray(response.outputs["probabilities"]).shape == (1, 3)
@@ -175,7 +169,7 @@ def test_classify(predictions):
     response = predictions.Classify(classify_request([RED, BLUE]), timeout=30)
     rows = response.result.classifications
     assert [row.classes[0].label for row in rows] == ["red", "blue"]
-    assert all(len(row.classes) == testing.TOP_K for row in rows)
+    assert all(len(row.classes) == conformance.TOP_K for row in rows)
     assert rows[0].classes[0].score > rows[0].classes[1].score
     assert response.model_spec.signature_name == "classify"
     assert response.model_spec.version.value == 2

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import pytest
 import requests
+import support
 import tensorflow as tf
 from google.protobuf import text_format
+from support import statuses, wait_for
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
@@ -29,22 +30,20 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import testing
+from serving import conformance
 
-pytestmark = pytest.mark.skipif(testing.external_endpoint() is not None,
+pytestmark = pytest.mark.skipif(support.external_endpoint() is not None,
                                 reason="mutates model directories: local server only")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RED = testing.encode_png(testing.COLOURS["red"])
+RED = conformance.encode_png(conformance.COLOURS["red"])
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory) -> pathlib.Path:
+def versions(conformance_models) -> pathlib.Path:
     """The conformance model's two versions, to copy into each test's base path."""
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    testing.cached_conformance_models(root)
-    return root / testing.MODEL_NAME
+    return conformance_models.parent / conformance.MODEL_NAME
 
 
 def publish(source: pathlib.Path, base: pathlib.Path, version: int) -> None:
@@ -52,22 +51,6 @@ def publish(source: pathlib.Path, base: pathlib.Path, version: int) -> None:
     staging = base / f".staging-{version}"
     shutil.copytree(source, staging)
     os.rename(staging, base / str(version))
-
-
-def statuses(rest: str, name: str = testing.MODEL_NAME) -> dict[str, dict]:
-    response = requests.get(f"{rest}/v1/models/{name}", timeout=10)
-    assert response.status_code == 200, response.text
-    return {s["version"]: s for s in response.json()["model_version_status"]}
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def blocked_in(thread: threading.Thread, function: str) -> bool:
@@ -80,7 +63,7 @@ def blocked_in(thread: threading.Thread, function: str) -> bool:
     return bool(names) and names[0] == "wait" and function in names
 
 
-def predict_multi(rest: str, path: str = f"/v1/models/{testing.MODEL_NAME}:predict"):
+def predict_multi(rest: str, path: str = f"/v1/models/{conformance.MODEL_NAME}:predict"):
     return requests.post(rest + path, json={
         "signature_name": "multi", "instances": [{"x": [1.0, 1.0], "n": 0, "text": ""}]},
         timeout=30)
@@ -101,9 +84,9 @@ def test_hot_reload_under_traffic_then_broken_and_incomplete_versions(versions, 
     publish(versions / "1", base, 1)
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text(MONITORING)
-    with testing.local_server(model_name="tiny", model_base_path=str(base),
-                              file_system_poll_wait_seconds=0.2, max_num_load_retries=3,
-                              monitoring_config_file=str(monitoring)) as (server, endpoint):
+    with conformance.local_server(model_name="tiny", model_base_path=str(base),
+                                  file_system_poll_wait_seconds=0.2, max_num_load_retries=3,
+                                  monitoring_config_file=str(monitoring)) as (server, endpoint):
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="tiny"))
@@ -192,10 +175,10 @@ def test_config_file_reload_moves_versions_and_labels(versions, tmp_path, caplog
     publish(versions / "2", base, 2)
     config = tmp_path / "models.config"
     write(config, config_text(base, [1], {"stable": 1}))
-    with testing.local_server(model_config_file=str(config),
-                              allow_version_labels_for_unavailable_models=True,
-                              model_config_file_poll_wait_seconds=0.2,
-                              file_system_poll_wait_seconds=0.2) as (_, endpoint):
+    with conformance.local_server(model_config_file=str(config),
+                                  allow_version_labels_for_unavailable_models=True,
+                                  model_config_file_poll_wait_seconds=0.2,
+                                  file_system_poll_wait_seconds=0.2) as (_, endpoint):
         rest = endpoint.rest
         assert set(statuses(rest)) == {"1"}
         assert predict_multi(rest, "/v1/models/tiny/labels/stable:predict").status_code == 200
@@ -236,7 +219,7 @@ def test_handle_reload_config_request(versions, tmp_path):
     publish(versions / "2", base, 2)
     config = tmp_path / "models.config"
     write(config, config_text(base, [1], {}))
-    with testing.local_server(model_config_file=str(config)) as (_, endpoint):
+    with conformance.local_server(model_config_file=str(config)) as (_, endpoint):
         with grpc.insecure_channel(endpoint.grpc) as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             request = model_management_pb2.ReloadConfigRequest()
@@ -269,17 +252,17 @@ def test_labels_on_unloaded_versions_need_the_flag(versions, tmp_path):
 
     with pytest.raises(errors.ServingError, match="not currently available"):
         server_lib.Server(server_lib.ServerOptions(
-            model_config_file=str(config), port=testing.free_port(), host="127.0.0.1"))
+            model_config_file=str(config), ephemeral_ports=True, host="127.0.0.1"))
 
 
 def test_rest_timeout_and_body_limit(versions, tmp_path):
     base = tmp_path / "tiny"
     base.mkdir()
     publish(versions / "1", base, 1)
-    big = testing.png_of_size(1200, 900)
-    with testing.local_server(model_name="tiny", model_base_path=str(base),
-                              rest_api_timeout_in_ms=1, max_body_bytes=200_000,
-                              enable_model_warmup=False) as (_, endpoint):
+    big = support.png_of_size(1200, 900)
+    with conformance.local_server(model_name="tiny", model_base_path=str(base),
+                                  rest_api_timeout_in_ms=1, max_body_bytes=200_000,
+                                  enable_model_warmup=False) as (_, endpoint):
         import base64
 
         response = requests.post(endpoint.rest + "/v1/models/tiny:predict", json={
@@ -298,7 +281,8 @@ def test_sigterm_finishes_and_exits_zero(versions, tmp_path):
     base = tmp_path / "tiny"
     base.mkdir()
     publish(versions / "1", base, 1)
-    grpc_port, rest_port = testing.free_port(), testing.free_port()
+    # python -m serving has TF Serving's flags, where port 0 means no server: ports up front.
+    grpc_port, rest_port = support.free_port(), support.free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          "--model_name=tiny", f"--model_base_path={base}", "--host=127.0.0.1",
@@ -349,9 +333,9 @@ def test_stop_lets_requests_in_flight_finish(versions, tmp_path, monkeypatch, ca
         return real_run(self, *args, **kwargs)
 
     caplog.set_level(logging.INFO, logger="absl")
-    with testing.local_server(model_name="tiny", model_base_path=str(base),
-                              enable_batching=True, batching_parameters_file=str(params),
-                              enable_model_warmup=False) as (server, endpoint):
+    with conformance.local_server(model_name="tiny", model_base_path=str(base),
+                                  enable_batching=True, batching_parameters_file=str(params),
+                                  enable_model_warmup=False) as (server, endpoint):
         monkeypatch.setattr(Servable, "run", gated_run)
         channel = grpc.insecure_channel(endpoint.grpc)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -436,7 +420,7 @@ def test_start_fails_when_no_version_can_load(tmp_path):
     (tmp_path / "tiny" / "1").mkdir(parents=True)
     (tmp_path / "tiny" / "1" / "saved_model.pb").write_bytes(b"not a proto")
     server = server_lib.Server(server_lib.ServerOptions(
-        model_name="tiny", model_base_path=str(tmp_path / "tiny"), port=testing.free_port(),
+        model_name="tiny", model_base_path=str(tmp_path / "tiny"), ephemeral_ports=True,
         host="127.0.0.1", max_num_load_retries=0, file_system_poll_wait_seconds=0))
     with pytest.raises(errors.ServingError) as info:
         server.start()

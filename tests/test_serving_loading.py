@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+import support
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
@@ -27,11 +28,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import testing
+from serving import conformance
 from serving.errors import ServingError
 from serving.servable import Servable
 
-pytestmark = pytest.mark.skipif(testing.external_endpoint() is not None,
+pytestmark = pytest.mark.skipif(support.external_endpoint() is not None,
                                 reason="writes its own models: local server only")
 
 
@@ -61,7 +62,7 @@ def predict_version(grpc_address: str, name: str, inputs: dict, signature: str =
 
 def test_an_export_tf_serving_cannot_run_fails_its_load_and_the_previous_version_serves(
         tmp_path):
-    from test_export import (
+    from support import (
         build_quadrant_model,
         encode,
         make_run,
@@ -86,8 +87,8 @@ def test_an_export_tf_serving_cannot_run_fails_its_load_and_the_previous_version
     assert tf.saved_model.load(str(staging)).signatures["serving_default"](
         image_bytes=tf.constant(red))["classes"][0, 0] == b"red"  # The forgiving loader.
 
-    with testing.local_server(model_name="colours", model_base_path=str(base),
-                              max_num_load_retries=0) as (server, endpoint):
+    with conformance.local_server(model_name="colours", model_base_path=str(base),
+                                  max_num_load_retries=0) as (server, endpoint):
         assert predict_version(endpoint.grpc, "colours", {"image_bytes": red}
                                ).model_spec.version.value == 1
         os.rename(staging, base / "2")
@@ -136,8 +137,8 @@ def save_affine(path: pathlib.Path, *, method_name: str | None = None) -> pathli
 
 def test_a_plain_tf2_saved_model_with_variables_serves(tmp_path):
     save_affine(tmp_path / "affine" / "1")
-    with testing.local_server(model_name="affine",
-                              model_base_path=str(tmp_path / "affine")) as (_, endpoint):
+    with conformance.local_server(model_name="affine",
+                                  model_base_path=str(tmp_path / "affine")) as (_, endpoint):
         response = requests.post(f"{endpoint.rest}/v1/models/affine:predict",
                                  json={"instances": [[1.0, 1.0], [0.0, 2.0]]}, timeout=30)
         assert response.status_code == 200, response.text
@@ -167,8 +168,8 @@ def test_signature_method_names_are_checked_as_tf_serving_checks_them(tmp_path, 
     """--enable_signature_method_name_check: off by default; Predict answers INTERNAL
     (predict_util.cc VerifySignature), Classify INVALID_ARGUMENT (classifier.cc)."""
     save_affine(tmp_path / "affine" / "1", method_name="custom/method")
-    with testing.local_server(model_name="affine", model_base_path=str(tmp_path / "affine"),
-                              enable_signature_method_name_check=check) as (_, endpoint):
+    with conformance.local_server(model_name="affine", model_base_path=str(tmp_path / "affine"),
+                                  enable_signature_method_name_check=check) as (_, endpoint):
         inputs = {"x": np.ones((1, 2), np.float32)}
         request = classification_pb2.ClassificationRequest(
             model_spec=model_pb2.ModelSpec(name="affine"))

@@ -2,7 +2,7 @@
 
 Runs against the local server (serving/), or against a real TF Serving when
 TFSERVING_ADDRESSES="grpc_host:port,http://host:port" is set and that server serves the
-model written by `python -m serving.testing --out=DIR` (see serving/README.md).
+model written by `python -m serving.conformance --out=DIR` (see serving/README.md).
 """
 
 from __future__ import annotations
@@ -14,26 +14,25 @@ import math
 
 import pytest
 import requests
+import support
 
-from serving import testing
+from serving import conformance
 
-MODEL = testing.MODEL_NAME
+MODEL = conformance.MODEL_NAME
 
 
 @pytest.fixture(scope="module")
-def rest(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "serving-conformance"
-    with testing.conformance_endpoint(root) as (_, endpoint):
-        yield endpoint.rest
+def rest(endpoint):
+    return endpoint.rest
 
 
 def b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode()}
 
 
-RED = testing.encode_png(testing.COLOURS["red"])
-GREEN = testing.encode_jpeg(testing.COLOURS["green"])
-BLUE = testing.encode_png(testing.COLOURS["blue"])
+RED = conformance.encode_png(conformance.COLOURS["red"])
+GREEN = conformance.encode_jpeg(conformance.COLOURS["green"])
+BLUE = conformance.encode_png(conformance.COLOURS["blue"])
 
 
 def get(rest, path):
@@ -107,7 +106,7 @@ def test_metadata_shape(rest):
     assert default["outputs"]["class_ids"]["dtype"] == "DT_INT64"
     assert signatures["classify"]["method_name"] == "tensorflow/serving/classify"
     images = signatures["predict_images"]["inputs"]["images"]["tensor_shape"]["dim"]
-    assert [d["size"] for d in images] == ["-1", str(testing.SIZE), str(testing.SIZE), "3"]
+    assert [d["size"] for d in images] == ["-1", str(conformance.SIZE), str(conformance.SIZE), "3"]
 
 
 def test_metadata_of_version_and_label(rest):
@@ -179,7 +178,7 @@ def test_predict_columnar_several_outputs_are_an_object_by_name(rest):
 def single_output_rest(tmp_path_factory):
     """A local server on a model whose one signature has one input and ONE output (the
     conformance model has none, and a real TF Serving serves only what it was given)."""
-    if testing.external_endpoint() is not None:
+    if support.external_endpoint() is not None:
         pytest.skip("needs its own single-output model: local server only")
     import tensorflow as tf
 
@@ -195,7 +194,7 @@ def single_output_rest(tmp_path_factory):
     base = tmp_path_factory.mktemp("single-output") / "single"
     tf.saved_model.save(module, str(base / "1"),
                         signatures={"serving_default": module.serve.get_concrete_function()})
-    with testing.local_server(model_name="single", model_base_path=str(base)) as (_, endpoint):
+    with conformance.local_server(model_name="single", model_base_path=str(base)) as (_, endpoint):
         yield endpoint.rest
 
 
@@ -361,7 +360,7 @@ def test_classify(rest):
         "examples": [{"image/encoded": b64(RED)}, {"image/encoded": b64(BLUE)}]})
     assert response.status_code == 200, response.text
     result = response.json()["results"]
-    assert len(result) == 2 and all(len(row) == testing.TOP_K for row in result)
+    assert len(result) == 2 and all(len(row) == conformance.TOP_K for row in result)
     assert result[0][0][0] == "red" and result[1][0][0] == "blue"
     assert all(isinstance(score, float) for row in result for _, score in row)
     assert result[0][0][1] > result[0][1][1]

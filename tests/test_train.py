@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import backbones, batch_size, checkpoint, data, distribute, trainer
+from train import backbones, batch_size, checkpoint, data, distribute, rundir, trainer
 from train import model as model_lib
 from train.config import PhaseConfig, TrainConfig
 
@@ -122,9 +122,9 @@ def test_phase1_on_cached_features_gives_the_same_head_as_on_pixels(colour_data)
 
     for weight, value in zip(classifier.head.dense.weights, initial):
         weight.assign(value)
-    x, y = trainer._features(classifier.feature_model(), pixels, "train")
+    x, y = trainer.compute_features(classifier.feature_model(), pixels, "train")
     on_features = trainer.compile_phase1(classifier, config, on_features=True)
-    on_features.fit(trainer._feature_dataset(x, y, 8, shuffle=False, seed=0), epochs=3, verbose=0)
+    on_features.fit(trainer.feature_dataset(x, y, 8, shuffle=False, seed=0), epochs=3, verbose=0)
     head_from_features = [np.array(w) for w in classifier.head.dense.weights]
 
     assert not np.allclose(head_from_pixels[0], initial[0])  # It did train.
@@ -173,7 +173,7 @@ def test_end_to_end_run_writes_every_output(colour_data, tmp_path):
         assert (out / name).is_file(), name
     assert list((out / "logs" / "phase1").rglob("events.out.tfevents.*"))
     assert list((out / "logs" / "phase2").rglob("events.out.tfevents.*"))
-    assert data.read_labels(out / "labels.txt") == sorted(COLOURS)
+    assert rundir.read_labels(out / "labels.txt") == sorted(COLOURS)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == {"phase1": 2, "phase2": 2}
     assert metrics["evaluation"]["split"] == "test" and metrics["evaluation"]["examples"] == 12
@@ -195,37 +195,36 @@ def test_end_to_end_run_writes_every_output(colour_data, tmp_path):
 
 def test_interrupted_run_resumes_instead_of_restarting(colour_data, tmp_path, monkeypatch):
     config = _config(colour_data, tmp_path / "run")
-    real_end = trainer._EpochEnd.on_epoch_end
+    real_end = trainer.EpochEnd.on_epoch_end
 
     def crash_after_first_phase2_epoch(self, epoch, logs=None):
         real_end(self, epoch, logs)
-        if self._phase == 2:
+        if self.phase == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(trainer._EpochEnd, "on_epoch_end", crash_after_first_phase2_epoch)
+    monkeypatch.setattr(trainer.EpochEnd, "on_epoch_end", crash_after_first_phase2_epoch)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config)
-    saved = checkpoint.read_state(tmp_path / "run" / trainer.CHECKPOINT_DIR)
+    saved = checkpoint.read_state(tmp_path / "run" / rundir.CHECKPOINT_DIR)
     assert (saved.phase, saved.epochs_done) == (2, 1)
-    opt = np.load(tmp_path / "run" / trainer.CHECKPOINT_DIR / "optimizer.npz")
+    opt = np.load(tmp_path / "run" / rundir.CHECKPOINT_DIR / "optimizer.npz")
     saved_iterations = int(opt["0"])  # Keras keeps the step counter first.
     assert saved_iterations >= 5  # 36 images / batch 8 -> 5 steps in one epoch
 
-    monkeypatch.setattr(trainer._EpochEnd, "on_epoch_end", real_end)
-    phase1_runs = []
-    monkeypatch.setattr(trainer, "_run_phase1", lambda *a, **k: phase1_runs.append(1))
-    steps_at_saves = []
+    monkeypatch.setattr(trainer.EpochEnd, "on_epoch_end", real_end)
+    steps_at_saves, phases_at_saves = [], []
     real_save = checkpoint.save
 
     def recording_save(directory, model, optimizer, state):
+        phases_at_saves.append(state.phase)
         if optimizer is not None:
             steps_at_saves.append(int(optimizer.iterations.numpy()))
         real_save(directory, model, optimizer, state)
 
     monkeypatch.setattr(checkpoint, "save", recording_save)
     trainer.train(config)
-    assert phase1_runs == []  # Phase 1 was finished: not redone.
-    state = checkpoint.read_state(tmp_path / "run" / trainer.CHECKPOINT_DIR)
+    assert phases_at_saves and set(phases_at_saves) == {2}  # Phase 1 was finished: not redone.
+    state = checkpoint.read_state(tmp_path / "run" / rundir.CHECKPOINT_DIR)
     assert [(h["phase"], h["epoch"]) for h in state.history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert state.phase_done and state.phase == 2
     # The phase-2 optimizer continued from its saved step (its schedule did not restart).

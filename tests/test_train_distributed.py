@@ -23,9 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from serving.testing import free_port
-from train import checkpoint, data, datasets, distribute, trainer
-from train.evaluate import load_trained_model
+from train import checkpoint, data, datasets, distribute, rundir
+from train.rundir import load_trained_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TFJOB = REPO / "k8s" / "training" / "multiworker" / "tfjob.yaml"
@@ -66,7 +65,7 @@ class Cluster:
     """Training processes of one cluster, started on free loopback ports."""
 
     def __init__(self, command: list[str], workers: int, logs: pathlib.Path, *, name: str):
-        tf_configs = distribute.loopback_tf_configs([free_port() for _ in range(workers)])
+        tf_configs = distribute.loopback_tf_configs(distribute.free_loopback_ports(workers))
         self.logs = [logs / f"{name}-{i}.log" for i in range(workers)]
         self.processes = []
         for log, tf_config in zip(self.logs, tf_configs):
@@ -123,7 +122,7 @@ def one_worker(fashion, tmp_path_factory):
 
 
 def metrics(out: pathlib.Path) -> dict:
-    return json.loads((out / trainer.METRICS_FILE).read_text())
+    return json.loads((out / rundir.METRICS_FILE).read_text())
 
 
 def test_two_workers_train_both_phases_and_only_the_chief_writes(two_workers, one_worker):
@@ -147,7 +146,7 @@ def test_two_workers_train_both_phases_and_only_the_chief_writes(two_workers, on
 
 
 def _first_test_image(out: pathlib.Path) -> pathlib.Path:
-    config = json.loads((out / trainer.CONFIG_FILE).read_text())["config"]
+    config = json.loads((out / rundir.CONFIG_FILE).read_text())["config"]
     return sorted(pathlib.Path(config["data_dir"]).glob("test/*/*"))[0]
 
 
@@ -185,7 +184,7 @@ def test_two_workers_in_mixed_precision(fashion, tmp_path_factory):
     flags = ("--image_size=32 --phase1_epochs=1 --phase2_epochs=1 --phase2_warmup_epochs=0 "
              "--batch_size=16 --noaugment --mixed_precision")
     out, _ = run(fashion, tmp_path_factory, flags, 2, "mixed")
-    history = checkpoint.read_state(out / trainer.CHECKPOINT_DIR).history
+    history = checkpoint.read_state(out / rundir.CHECKPOINT_DIR).history
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     model = load_trained_model(out)
     assert model.get_layer("backbone").get_layer("top_conv").compute_dtype == "float16"
@@ -208,15 +207,15 @@ def test_resume_after_a_worker_is_killed_in_phase_2(fashion, tmp_path):
             first.kill()
             pytest.fail(f"the run ended before phase 2 got going:\n{first.tails()}")
         time.sleep(0.2)
-        state = checkpoint.read_state(out / trainer.CHECKPOINT_DIR)
+        state = checkpoint.read_state(out / rundir.CHECKPOINT_DIR)
     first.processes[1].send_signal(signal.SIGKILL)
     chief = first.wait()[0]
     assert chief != 0, "the chief finished without its peer"
-    assert checkpoint.read_state(out / trainer.CHECKPOINT_DIR).phase == 2
+    assert checkpoint.read_state(out / rundir.CHECKPOINT_DIR).phase == 2
 
     second = Cluster(command, 2, tmp_path, name="second")
     second.assert_succeeded()
-    history = checkpoint.read_state(out / trainer.CHECKPOINT_DIR).history
+    history = checkpoint.read_state(out / rundir.CHECKPOINT_DIR).history
     assert [h["epoch"] for h in history if h["phase"] == 1] == [1]
     assert [h["epoch"] for h in history if h["phase"] == 2] == [1, 2, 3]
     resumed = second.log(0)

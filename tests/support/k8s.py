@@ -1,4 +1,4 @@
-"""Test support for the k8s/ tests: rendering the kustomizations, reading the rendered objects,
+"""support.k8s, for the k8s/ tests: rendering the kustomizations, reading the rendered objects,
 and finding the external tools (promtool, prometheus, checkov, hadolint) the tests run.
 
 The tests render with `kubectl kustomize`, the kustomize that `kubectl apply -k` runs.
@@ -19,9 +19,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import in_ci  # One definition of "running in CI".
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from support import in_ci  # One definition of "running in CI".
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 SERVING_CONFIG = REPO / "serving" / "config"
 

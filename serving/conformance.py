@@ -1,12 +1,12 @@
-"""Test support: a tiny SavedModel shaped like the exported ones, and a server to run it.
+"""Conformance models: what to serve to check a model server against this project's tests.
 
-The conformance tests (tests/test_serving_*.py) run against the local server by default,
-or against any TF Serving when TFSERVING_ADDRESSES="grpc_host:port,http://host:port" is
-set. The real server then has to serve the same model, written by:
+`python -m serving.conformance --out=DIR` writes DIR/tiny/{1,2} and DIR/models.config for a
+real TF Serving; the conformance tests (tests/test_serving_*.py) then run against it when
+TFSERVING_ADDRESSES names it, and against the local server (local_server below) otherwise:
 
-    python -m serving.testing --out=/tmp/conformance
-    tensorflow_model_server --port=8500 --rest_api_port=8501 \
-        --model_config_file=/tmp/conformance/models.config \
+    python -m serving.conformance --out=/tmp/conformance
+    tensorflow_model_server --port=8500 --rest_api_port=8501 \\
+        --model_config_file=/tmp/conformance/models.config \\
         --allow_version_labels_for_unavailable_models
     TFSERVING_ADDRESSES=localhost:8500,http://localhost:8501 pytest tests/test_serving_*.py
 
@@ -16,6 +16,10 @@ classify (serialized tf.Example, method tensorflow/serving/classify), plus "mult
 several dtypes and a *_bytes output, and a warmup file. Its parameters are variables (a
 logit scale and bias, and batch-norm-like moving statistics), so a server that fails to
 restore variables fails every request, as it would with a real model.
+
+Also public, for checking any server (the tests and bench/ use them): the hostile images
+a server must refuse without exhausting memory or CPU (gif_bomb, progressive_scan_bomb),
+and local_server, the local server run in-process on ports the system picks.
 """
 
 from __future__ import annotations
@@ -24,14 +28,12 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-import socket
 import sys
 
 LABELS = ("red", "green", "blue")
 SIZE = 8
 TOP_K = 2
 MODEL_NAME = "tiny"
-ADDRESSES_ENV = "TFSERVING_ADDRESSES"
 
 
 def encode_png(rgb, size=(6, 4)) -> bytes:
@@ -187,42 +189,26 @@ def write_conformance_models(root: str | os.PathLike) -> pathlib.Path:
     return config
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     """Where a server answers: gRPC "host:port" and REST "http://host:port"."""
 
     grpc: str
     rest: str
-    local: bool  # False when the tests talk to an external (real) TF Serving.
-
-
-def external_endpoint() -> Endpoint | None:
-    """TFSERVING_ADDRESSES="grpc_host:port,http://host:port", or None."""
-    value = os.environ.get(ADDRESSES_ENV, "").strip()
-    if not value:
-        return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    grpc_address = next((p for p in parts if not p.startswith("http")), None)
-    rest_address = next((p for p in parts if p.startswith("http")), None)
-    if not grpc_address or not rest_address:
-        raise ValueError(f"{ADDRESSES_ENV} must be 'grpc_host:port,http://host:port', got "
-                         f"{value!r}")
-    return Endpoint(grpc=grpc_address, rest=rest_address.rstrip("/"), local=False)
+    local: bool  # False for an external (real) TF Serving.
 
 
 @contextlib.contextmanager
 def local_server(**option_overrides):
-    """Starts serving.server.Server on free local ports; yields (server, Endpoint)."""
+    """Runs serving.server.Server in this process, gRPC and REST on loopback ports the system
+    picks (ServerOptions.ephemeral_ports: nothing can take them between choosing and binding);
+    yields (server, Endpoint) with the bound ports.
+
+    option_overrides are serving.server.ServerOptions fields (model_config_file, ...).
+    """
     from serving import server as server_lib
 
-    options = dict(port=free_port(), rest_api_port=free_port(), host="127.0.0.1",
-                   file_system_poll_wait_seconds=1)
+    options = dict(ephemeral_ports=True, host="127.0.0.1", file_system_poll_wait_seconds=1)
     options.update(option_overrides)
     server = server_lib.Server(server_lib.ServerOptions(**options))
     server.start()
@@ -233,60 +219,8 @@ def local_server(**option_overrides):
         server.stop(grace=5)
 
 
-def _main(argv: list[str]) -> int:
-    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
-    if out is None:
-        print("usage: python -m serving.testing --out=DIR", file=sys.stderr)
-        return 2
-    print(write_conformance_models(out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
-
-
-def cached_conformance_models(root: str | os.PathLike) -> pathlib.Path:
-    """write_conformance_models once per root (test modules share the session's copy)."""
-    import fcntl
-
-    root = pathlib.Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = root / ".done"
-        if not done.exists():
-            write_conformance_models(root)
-            done.write_text("ok")
-    return root / "models.config"
-
-
-@contextlib.contextmanager
-def conformance_endpoint(root: str | os.PathLike, **option_overrides):
-    """The external TF Serving named by TFSERVING_ADDRESSES, else a local server on the
-    conformance models (written under root once)."""
-    external = external_endpoint()
-    if external is not None:
-        yield None, external
-        return
-    options = dict(model_config_file=str(cached_conformance_models(root)),
-                   allow_version_labels_for_unavailable_models=True)
-    options.update(option_overrides)
-    with local_server(**options) as (server, endpoint):
-        yield server, endpoint
-
-
-def png_of_size(width: int, height: int, seed: int = 0) -> bytes:
-    """A noisy (incompressible) PNG, for large-message tests."""
-    import numpy as np
-    import tensorflow as tf
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return tf.io.encode_png(pixels, compression=0).numpy()
-
-
-def encode_image(image, fmt: str, **kwargs) -> bytes:
-    """A PIL image encoded in memory."""
+def encode_image(image, fmt: str = "JPEG", **kwargs) -> bytes:
+    """A PIL image encoded in memory (kwargs go to Image.save: quality, progressive...)."""
     import io
 
     buffer = io.BytesIO()
@@ -317,27 +251,15 @@ def progressive_scan_bomb(side: int = 4000, repeats: int = 2000) -> bytes:
     return data[:end] + data[last_scan:end] * repeats + data[end:]
 
 
-def proc_status_kb(field: str) -> int:
-    """A kB field of this process's /proc/self/status, e.g. VmRSS or VmHWM."""
-    with open("/proc/self/status") as status:
-        return int(next(line for line in status if line.startswith(field + ":")).split()[1])
+def main(argv: list[str]) -> int:
+    """python -m serving.conformance --out=DIR: writes the models; prints models.config."""
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
+    if out is None:
+        print("usage: python -m serving.conformance --out=DIR", file=sys.stderr)
+        return 2
+    print(write_conformance_models(out))
+    return 0
 
 
-@contextlib.contextmanager
-def peak_rss_growth():
-    """Yields a dict whose "mb" is, after the block, this process's peak RSS growth in it.
-
-    Writing 5 to /proc/self/clear_refs resets VmHWM (the peak) to the current RSS (Linux
-    >= 4.0), so an earlier peak cannot hide this one; where that is refused, only growth
-    above the earlier peak counts.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        base = proc_status_kb("VmRSS")
-    except OSError:
-        base = proc_status_kb("VmHWM")
-    growth: dict = {}
-    yield growth
-    growth["mb"] = max(0, proc_status_kb("VmHWM") - base) / 1024
-
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
