@@ -289,7 +289,73 @@ def test_mixed_precision_keeps_a_float32_softmax():
 
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("batch_size", "big"),
                                          ("dropout", 1.0), ("unfreeze", 0), ("image_size", 8),
-                                         ("val_fraction", 0.0)])
+                                         ("val_fraction", 0.0), ("label_smoothing", 1.0),
+                                         ("label_smoothing", -0.1)])
 def test_config_validation_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(data_dir="d", output_dir="o", **{field: value}).validated()
+
+
+@pytest.mark.parametrize("augment,phase1_augment,bn_trainable,cached", [
+    (False, True, False, True), (True, True, False, False), (True, False, False, True),
+    (True, False, True, False)])
+def test_feature_cache_is_used_whenever_phase1_sees_fixed_inputs(augment, phase1_augment,
+                                                                 bn_trainable, cached):
+    config = TrainConfig(data_dir="d", output_dir="o", augment=augment,
+                         phase1_augment=phase1_augment, bn_trainable=bn_trainable)
+    assert config.uses_feature_cache == cached
+
+
+@pytest.mark.parametrize("phase1_augment,traced", [(True, True), (False, False)])
+def test_nophase1_augment_keeps_augmentation_out_of_phase1(colour_data, tmp_path, monkeypatch,
+                                                           phase1_augment, traced):
+    # Phase 1 on pixels (bn_trainable: no feature cache) and no phase 2: augmentation is
+    # built into the training pipeline only if phase 1 augments.
+    built = []
+    real_augment = data.augment_image
+
+    def recording_augment(*args, **kwargs):
+        built.append(1)
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(data, "augment_image", recording_augment)
+    config = _config(colour_data, tmp_path / "run", augment=True, bn_trainable=True,
+                     phase1_augment=phase1_augment,
+                     phase1=PhaseConfig(epochs=1, learning_rate=1e-2),
+                     phase2=PhaseConfig(epochs=0, learning_rate=1e-3))
+    trainer.train(config)
+    assert bool(built) == traced
+
+
+def _separable_features():
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    features = (rng.normal(0, 0.1, (64, 4)) + labels[:, None] * 2 - 1).astype(np.float32)
+    return features, labels.astype(np.int64)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_bounds_the_confidence_the_loop_trains_towards(smoothing):
+    # On separable data, one-hot targets push the softmax towards 1; smoothed ones towards
+    # 1 - smoothing + smoothing / classes (0.9 here) and no further.
+    import tensorflow as tf
+
+    from train import loop as loop_lib
+
+    features, labels = _separable_features()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.1))
+    model.optimizer.build(model.trainable_variables)
+    strategy = tf.distribute.get_strategy()
+    loop = loop_lib.Loop(strategy, model, num_classes=2, label_smoothing=smoothing)
+
+    def make_train(context):
+        return tf.data.Dataset.from_tensor_slices((features, labels)).repeat().batch(16)
+
+    loop.fit(make_train, steps_per_epoch=50, epochs=4, verbose=0)
+    confidence = float(np.max(model.predict(features, verbose=0), axis=-1).mean())
+    if smoothing:
+        assert confidence == pytest.approx(1 - smoothing + smoothing / 2, abs=0.02)
+    else:
+        assert confidence > 0.97

@@ -53,9 +53,16 @@ _UNFREEZE = flags.DEFINE_string(
 _BN_TRAINABLE = flags.DEFINE_boolean(
     "bn_trainable", _DEFAULTS.bn_trainable, "Train BatchNorm layers too.")
 _AUGMENT = flags.DEFINE_boolean("augment", _DEFAULTS.augment, "Random flip/rotation/zoom/contrast.")
+_PHASE1_AUGMENT = flags.DEFINE_boolean(
+    "phase1_augment", _DEFAULTS.phase1_augment,
+    "Augment in phase 1 too (--nophase1_augment: phase 1 on cached features, phase 2 "
+    "augmented).")
 _CACHE_FEATURES = flags.DEFINE_boolean(
     "cache_features", _DEFAULTS.cache_features,
-    "Phase 1 on precomputed features when exact (no augmentation).")
+    "Phase 1 on precomputed features when exact (no phase-1 augmentation).")
+_LABEL_SMOOTHING = flags.DEFINE_float(
+    "label_smoothing", _DEFAULTS.label_smoothing,
+    "Probability mass spread over all classes in the training targets (0 = one-hot).")
 _MIXED = flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "mixed_float16 (GPUs).")
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _DEFAULTS.val_fraction, "Val split when DATA/val is absent.")

@@ -64,9 +64,13 @@ class TrainConfig:
       phase1 / phase2: the two phases' settings.
       unfreeze: phase 2 unfreezes "all" of the backbone or its top N blocks.
       bn_trainable: train BatchNorm layers (and update their statistics) in both phases.
-      augment: random flip/rotation/zoom/contrast on training images. Phase 1 uses cached
-        backbone features only when augmentation is off.
+      augment: random flip/rotation/zoom/contrast on training images.
+      phase1_augment: augment in phase 1 too. Off, phase 1 sees the images as they are and
+        can train on cached backbone features (many times faster), while phase 2, which
+        trains the backbone, still augments.
       cache_features: allow phase-1 feature caching (only applies when it is exact).
+      label_smoothing: training targets put this much probability mass evenly over all
+        classes (0 = one-hot); validation and test losses stay plain cross-entropy.
       mixed_precision: mixed_float16 compute with a float32 softmax (GPUs).
       val_fraction: validation split from train/ when DATA/val is absent.
       seed: for splits, shuffling and initialisation.
@@ -85,7 +89,9 @@ class TrainConfig:
     unfreeze: str | int = "all"
     bn_trainable: bool = False
     augment: bool = True
+    phase1_augment: bool = True
     cache_features: bool = True
+    label_smoothing: float = 0.0
     mixed_precision: bool = False
     val_fraction: float = 0.1
     seed: int = 42
@@ -104,6 +110,8 @@ class TrainConfig:
         unfreeze = self.unfreeze
         if unfreeze != "all" and (not isinstance(unfreeze, int) or unfreeze < 1):
             raise ValueError(f'unfreeze must be "all" or a positive block count, got {unfreeze!r}')
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.phase1.validate("phase1")
@@ -113,7 +121,12 @@ class TrainConfig:
     @property
     def uses_feature_cache(self) -> bool:
         """Phase-1 features are exact to precompute only with a fixed input and frozen BN."""
-        return self.cache_features and not self.augment and not self.bn_trainable
+        return self.cache_features and not self.phase1_augments and not self.bn_trainable
+
+    @property
+    def phase1_augments(self) -> bool:
+        """Whether phase 1 trains on augmented images."""
+        return self.augment and self.phase1_augment
 
 
 def parse_batch_size(text: str) -> int | str:

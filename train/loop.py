@@ -52,8 +52,10 @@ class Loop:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, *,
-                 num_classes: int, workers: int = 1):
+                 num_classes: int, workers: int = 1, label_smoothing: float = 0.0):
+        """label_smoothing: of the training targets only (the reported losses stay plain)."""
         self._strategy, self._model, self._workers = strategy, model, workers
+        self._num_classes, self._label_smoothing = num_classes, label_smoothing
         self._top_k = min(5, num_classes)
         self._train_step = tf.function(self._distributed_train_step)
         self._eval_batch = {}  # Compiled per element_spec, for any batch size.
@@ -76,6 +78,10 @@ class Loop:
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
             sums, per_example = self._batch_sums(images, labels, probabilities)
+            if self._label_smoothing:
+                per_example = keras.losses.categorical_crossentropy(
+                    tf.one_hot(tf.cast(labels, tf.int32), self._num_classes),
+                    tf.cast(probabilities, tf.float32), label_smoothing=self._label_smoothing)
             loss = tf.reduce_mean(per_example)
             if model.losses:
                 loss += tf.add_n(model.losses)

@@ -122,7 +122,8 @@ class _Run:
 
     def loop(self, model: keras.Model) -> loop_lib.Loop:
         return loop_lib.Loop(self.strategy, model, num_classes=self.classifier.num_classes,
-                             workers=self.task.workers)
+                             workers=self.task.workers,
+                             label_smoothing=self.config.label_smoothing)
 
     def check_input_context(self, context: tf.distribute.InputContext) -> int:
         """The per-replica batch size, after checking the strategy shards as we do."""
@@ -315,6 +316,8 @@ def _reseeded(data: data_lib.ClassFolderData, phase: int, first_epoch: int):
 def _pixels_fn(run: _Run, phase: int):
     """This task's repeating, shuffled and augmented share of the training images."""
     data = _reseeded(run.data, phase, run.state.epochs_done)
+    if phase == 1 and not run.config.phase1_augments:
+        data = dataclasses.replace(data, config=dataclasses.replace(data.config, augment=None))
 
     def make_train(context):
         return data.dataset("train", training=True, repeat=True,
