@@ -212,8 +212,8 @@ _RECIPE_BASELINE = {"augment": False, "phase1_augment": False, "label_smoothing"
 _RECIPE_INGREDIENTS = {
     "phase2_augment": {"augment": True},
     "label_smoothing_0.1": {"label_smoothing": 0.1},
-    "phase2_epochs_6": {"phase2_epochs": 6},
-    "image_size_128": {"image_size": 128},
+    "phase2_epochs_8": {"phase2_epochs": 8},
+    "image_size_112": {"image_size": 112},
 }
 
 
